@@ -1,0 +1,153 @@
+"""The ``mela`` command: a thin layer over the steps' ``run(cfg)`` functions.
+
+    mela learn-meta-repr dataset=miniImageNet n_shots=1
+    mela pipeline                      # the glyphs demo
+    mela data info glyphs --json
+    mela workspace init
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from importlib import resources
+
+from omegaconf import DictConfig, OmegaConf
+
+from mela.errors import MelaError
+
+STEP_COMMANDS = {
+    "learn-meta-repr": "learn_meta_repr",
+    "learn-labeler": "learn_labeler",
+    "fine-tune": "fine_tune",
+    "meta-eval": "meta_eval",
+    "sup-baseline": "sup_baseline",
+    "pipeline": "pipeline",
+}
+
+USAGE = """usage: mela <command> [key=value ...]
+
+pipeline steps (Hydra overrides as key=value; --cfg prints the resolved config, --help the defaults):
+  learn-meta-repr   step 1: meta-learn a representation from locally labelled tasks
+  learn-labeler     step 2: infer global labels by clustering, then pre-train on them
+  fine-tune         step 3: residual MLP on the frozen backbone, trained episodically
+  meta-eval         evaluate a saved model on 1-shot and 5-shot test tasks
+  sup-baseline      the oracle: supervised pre-training with the true labels
+  pipeline          all of the above on one data set, then a results table (default: the glyphs demo;
+                    --config-name pipeline_paper for the reference schedule)
+
+other commands:
+  data ...          data sets: info, check, download, unpack, converters, build-glyphs (mela data --help)
+  workspace init    create $WORKSPACE/metaL_data and $WORKSPACE/checkpoint/label_learn/saves
+  models            list the model names
+"""
+
+
+def step_runner(name: str) -> Callable[[DictConfig], dict]:
+    """The pure ``run(cfg)`` of step ``name`` (imported lazily: keeps ``mela --help`` fast)."""
+    import importlib
+
+    return importlib.import_module(f"mela.steps.{name}").run
+
+
+def _run_step(name: str, args: list[str]) -> int:
+    from mela.config import compose_config
+
+    config_name = name
+    if "--config-name" in args:
+        i = args.index("--config-name")
+        if i + 1 >= len(args):
+            raise MelaError("--config-name needs a name, e.g. --config-name pipeline_paper")
+        config_name = args[i + 1]
+        args = args[:i] + args[i + 2:]
+    if "--help" in args or "-h" in args:
+        text = resources.files("mela.conf").joinpath(f"{config_name}.yaml").read_text()
+        print(f"mela {name.replace('_', '-')} [key=value ...]; the defaults:\n")
+        print("\n".join(line for line in text.splitlines() if not line.startswith(("hydra:", "  ", "defaults"))
+                        or not line.startswith(("  output_subdir", "  run:", "    dir", "  - "))))
+        return 0
+    show_only = "--cfg" in args
+    overrides = [a for a in args if a != "--cfg"]
+    bad = [a for a in overrides if "=" not in a]
+    if bad:
+        raise MelaError(f"'{bad[0]}' is not a key=value setting; e.g. mela {name.replace('_', '-')} n_shots=1")
+    cfg = compose_config(config_name, overrides)
+    if show_only:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    step_runner(name)(cfg)
+    return 0
+
+
+def _workspace(args: list[str]) -> int:
+    from mela.workspace import init_workspace, workspace_root
+
+    if not args or args[0] != "init":
+        raise MelaError("usage: mela workspace init [DIR]  (DIR defaults to $WORKSPACE)")
+    root = workspace_root(args[1] if len(args) > 1 else None)
+    for path in init_workspace(root):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mela`` console command; errors print one line and exit 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not args or args[0] in ("-h", "--help", "help"):
+            print(USAGE)
+            return 0
+        command, rest = args[0], args[1:]
+        if command in STEP_COMMANDS:
+            return _run_step(STEP_COMMANDS[command], rest)
+        if command == "data":
+            from mela.data_cli import main as data_main
+
+            return data_main(rest)
+        if command == "workspace":
+            return _workspace(rest)
+        if command == "models":
+            from mela.models import available_models
+
+            print("\n".join(available_models()))
+            return 0
+        raise MelaError(f"unknown command '{command}'; valid commands: {', '.join([*STEP_COMMANDS, 'data', 'workspace', 'models'])}")
+    except MelaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with the same run_name to resume from the last epoch",
+              file=sys.stderr)
+        return 130
+
+
+def hydra_entry(name: str) -> None:
+    """The reference's interface: ``python learn_meta_repr.py key=value ...`` from the repo root.
+
+    A thin ``@hydra.main`` over the same pure ``run(cfg)``; one-line errors, no traceback.
+    """
+    import hydra
+
+    from mela.config import check_types, compose_config, default_config, strip_hydra
+
+    try:  # validate the overrides first, so a typo is one line rather than Hydra's report
+        compose_config(name, [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+    except MelaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+    @hydra.main(version_base=None, config_path="pkg://mela.conf", config_name=name)
+    def _main(cfg: DictConfig) -> None:
+        try:
+            job_cfg = strip_hydra(cfg)
+            check_types(default_config(name), job_cfg)
+            step_runner(name)(job_cfg)
+        except MelaError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    _main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Compose the user-facing Hydra configs (shipped in ``mela.conf``) with command-line overrides."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mela.errors import MelaError
+
+CONFIG_MODULE = "mela.conf"
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def compose_config(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """The resolved config ``name`` with ``key=value`` overrides; bad overrides are one-line errors."""
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
+            cfg = compose(config_name=name, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise MelaError(f"bad setting for {name}: {_one_line(exc)} (see `mela {name.replace('_', '-')} --help`)") \
+            from exc
+    cfg = strip_hydra(cfg)
+    if overrides:
+        check_types(default_config(name), cfg)
+    return cfg
+
+
+def default_config(name: str) -> DictConfig:
+    """The shipped defaults of config ``name``, read without Hydra (safe inside a running ``@hydra.main``)."""
+    path = resources.files(CONFIG_MODULE).joinpath(f"{name}.yaml")
+    if not path.is_file():
+        raise MelaError(f"unknown config '{name}'; valid configs: {', '.join(config_names())}")
+    cfg = OmegaConf.create(path.read_text())
+    for key in ("hydra", "defaults"):
+        cfg.pop(key, None)
+    return cfg
+
+
+def config_names() -> list[str]:
+    """Names of the shipped configs (the five steps and the pipelines)."""
+    return sorted(p.name[:-5] for p in resources.files(CONFIG_MODULE).iterdir() if p.name.endswith(".yaml"))
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
+    """Refuse a value whose type differs from the default's (``n_shots=abc``), in one line."""
+    for key, default in defaults.items():
+        value = cfg.get(key)
+        if default is None or value is None or isinstance(default, (dict, list)) or not hasattr(defaults, key):
+            continue
+        expected = type(default)
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok = True  # e.g. trial=3 or lr_decay_epochs=10
+        if key.startswith("pretrained_") and isinstance(value, str):
+            ok = True  # false (none) or a model reference
+        if not ok:
+            raise MelaError(f"{key} must be {_KINDS.get(expected, expected.__name__)}, got {value!r}")
+
+
+def strip_hydra(cfg: DictConfig) -> DictConfig:
+    """The job's own settings, without the ``hydra`` node; struct mode so typos are errors."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cfg.pop("hydra", None)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def apply(cfg: DictConfig, values: dict) -> DictConfig:
+    """``cfg`` with ``values`` merged in; unknown keys are one-line errors."""
+    try:
+        return OmegaConf.merge(cfg, values)
+    except OmegaConfBaseException as exc:
+        raise MelaError(f"bad setting: {_one_line(exc)}") from exc

@@ -1,0 +1,1 @@
+"""Base data sets, task samplers and augmentation."""

@@ -1,0 +1,118 @@
+"""Few-shot evaluation: features once, then many seeded tasks through one head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import stats
+
+from mela.data.augment import normalize
+from mela.data.base import ImageSplit
+from mela.data.samplers import TaskShape, evaluation_tasks, split_support_query
+from mela.methods.heads import FewShotHead
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Mean accuracy (%) over tasks and the half-width of its 95% confidence interval."""
+
+    acc: float
+    ci: float
+    n_tasks: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Overall accuracy plus one entry per sub-data set (group)."""
+
+    overall: Accuracy
+    per_group: dict[str, Accuracy] = field(default_factory=dict)
+
+
+def mean_confidence_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and Student-t half-width of the ``confidence`` interval."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()) if len(values) else float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Features of every image (N, H, W, C uint8), in eval mode, returned on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        out.append(model(normalize(batch, mean, std)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def task_accuracies(
+    features: torch.Tensor,
+    tasks: np.ndarray,
+    n_shots: int,
+    head_factory: Callable[[], FewShotHead],
+    chunk: int = 500,
+) -> np.ndarray:
+    """Accuracy of the head on each task of ``tasks`` (T, n_ways, per_class) of item features."""
+    n_ways = tasks.shape[1]
+    support, support_labels, query, query_labels = split_support_query(tasks, n_shots)
+    accs = []
+    for start in range(0, len(tasks), chunk):
+        sl = slice(start, start + chunk)
+        head = head_factory().fit(features[support[sl]], torch.from_numpy(np.ascontiguousarray(support_labels[sl])),
+                                  n_ways)
+        predicted = head.predict(features[query[sl]]).cpu().numpy()
+        accs.append((predicted == query_labels[sl]).mean(axis=1))
+    return np.concatenate(accs)
+
+
+def evaluate_features(
+    item_features: torch.Tensor,
+    split: ImageSplit,
+    shape: TaskShape,
+    n_tasks: int,
+    head_factory: Callable[[], FewShotHead],
+    is_norm: bool = True,
+) -> EvalResult:
+    """Evaluate on ``n_tasks`` seeded tasks per group; item_features is (M, d), one row per item."""
+    features = item_features.double()
+    if is_norm:
+        features = torch.nn.functional.normalize(features, dim=-1)
+    per_group, all_accs = {}, []
+    for name, tasks in evaluation_tasks(split, shape, n_tasks):
+        accs = task_accuracies(features, tasks, shape.n_shots, head_factory) * 100
+        per_group[name] = Accuracy(*mean_confidence_interval(accs), len(accs))
+        all_accs.append(accs)
+    overall = Accuracy(*mean_confidence_interval(np.concatenate(all_accs)), sum(len(a) for a in all_accs))
+    return EvalResult(overall=overall, per_group=per_group)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    split: ImageSplit,
+    shape: TaskShape,
+    n_tasks: int,
+    head_factory: Callable[[], FewShotHead],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    is_norm: bool = True,
+) -> EvalResult:
+    """Extract the split's features with ``model`` and evaluate them."""
+    image_features = extract_features(model, split.images, mean, std, device)
+    return evaluate_features(image_features[split.item_images()], split, shape, n_tasks, head_factory, is_norm)

@@ -1,0 +1,160 @@
+"""One training loop for every step: optimiser, lr schedule, validation, best checkpoints, resume.
+
+Steps differ only in what one epoch does (episodic ridge loss or supervised
+cross-entropy); they hand that in as a function and get checkpointing and
+resuming for free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mela.errors import MelaError
+from mela.methods.checkpoint import load_checkpoint, model_payload, save_atomic
+from mela.models.feature_model import FeatureModel
+
+
+def parse_decay_epochs(text: str | int | Iterable[int]) -> tuple[int, ...]:
+    """``"17,22"`` (the reference's format) -> (17, 22); also accepts an int or a list."""
+    if isinstance(text, int):
+        return (text,)
+    if not isinstance(text, str):
+        return tuple(int(e) for e in text)
+    try:
+        return tuple(int(e) for e in text.replace(" ", "").split(",") if e)
+    except ValueError as exc:
+        raise MelaError(f"lr_decay_epochs must look like \"17,22\", got {text!r}") from exc
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """Optimiser and schedule (names follow the reference's config)."""
+
+    epochs: int
+    learning_rate: float
+    sgd: bool = True
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_epochs: tuple[int, ...] = ()
+    lr_decay_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise MelaError(f"epochs must be at least 1, got {self.epochs}")
+        if self.learning_rate <= 0:
+            raise MelaError(f"learning_rate must be positive, got {self.learning_rate}")
+
+    @property
+    def first_decay(self) -> int:
+        """Epoch (1-based) from which validation runs: the first lr decay, or the last epoch."""
+        return min([e for e in self.lr_decay_epochs if e >= 1] + [self.epochs])
+
+
+def make_optimizer(params: Iterable[nn.Parameter], settings: OptimSettings) -> torch.optim.Optimizer:
+    """SGD with momentum (``SGD=true``) or AdamW."""
+    params = [p for p in params if p.requires_grad]
+    if settings.sgd:
+        return torch.optim.SGD(params, lr=settings.learning_rate, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def learning_rate_at(settings: OptimSettings, epoch: int) -> float:
+    """lr for 0-based ``epoch``: multiplied by the decay rate after each decay epoch (1-based), as the reference."""
+    n_decays = sum(epoch + 1 > e for e in settings.lr_decay_epochs)
+    return settings.learning_rate * settings.lr_decay_rate**n_decays
+
+
+@dataclass
+class TrainState:
+    """What survives between epochs and across a resume."""
+
+    epoch: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs epochs, validates, keeps ``best_<k>shot.pt`` per validation shot count, and resumes from ``last.pt``.
+
+    Args:
+        run_dir: the run's folder (checkpoints go here).
+        model: the feature model to save (the part later steps load).
+        trainable: the module whose parameters the optimiser updates (model, or model + heads).
+        settings: optimiser and schedule.
+        validate: ``validate() -> {"1shot": acc, "5shot": acc}`` or None.
+        log: where progress lines go.
+        metadata: extra fields stored in every model file (dataset, step, ...).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        model: FeatureModel,
+        trainable: nn.Module,
+        settings: OptimSettings,
+        validate: Callable[[], dict[str, float]] | None,
+        log: Callable[[str], None],
+        metadata: dict | None = None,
+    ) -> None:
+        self.run_dir, self.model, self.trainable, self.settings = Path(run_dir), model, trainable, settings
+        self.validate, self.log, self.metadata = validate, log, dict(metadata or {})
+        self.optimizer = make_optimizer(trainable.parameters(), settings)
+        self.state = TrainState()
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def _resume(self) -> None:
+        if not self.last_path.exists():
+            return
+        saved = load_checkpoint(self.last_path, next(self.trainable.parameters()).device)
+        self.trainable.load_state_dict(saved["trainable"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state = TrainState(saved["epoch"], saved["best"], saved["history"])
+        self.log(f"resumed from {self.last_path} at epoch {self.state.epoch}/{self.settings.epochs}")
+
+    def _save_model(self, name: str, **extra: object) -> None:
+        save_atomic(model_payload(self.model, **self.metadata, **extra), self.run_dir / name)
+
+    def fit(self, train_epoch: Callable[[int], dict[str, float]]) -> TrainState:
+        """Train from the current state (resumed if ``last.pt`` exists) to ``settings.epochs``."""
+        self._resume()
+        for epoch in range(self.state.epoch, self.settings.epochs):
+            lr = learning_rate_at(self.settings, epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.trainable.train()
+            metrics = {k: float(v) for k, v in train_epoch(epoch).items()}
+            if any(not math.isfinite(v) for v in metrics.values()):
+                raise MelaError(f"training diverged at epoch {epoch + 1} ({metrics}); lower learning_rate")
+            record = {"epoch": epoch + 1, "lr": lr, **metrics}
+            if self.validate is not None and (epoch + 1 >= self.settings.first_decay or epoch + 1 == self.settings.epochs):
+                scores = self.validate()
+                for key, acc in scores.items():
+                    record[f"val_{key}"] = acc
+                    if acc > self.state.best.get(key, -1.0):
+                        self.state.best[key] = acc
+                        self._save_model(f"best_{key}.pt", epoch=epoch + 1, val_acc=acc)
+            self.state.history.append(record)
+            self.state.epoch = epoch + 1
+            self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            save_atomic({"trainable": self.trainable.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "epoch": self.state.epoch, "best": self.state.best, "history": self.state.history},
+                        self.last_path)
+        self._save_model("final.pt", epoch=self.state.epoch)
+        (self.run_dir / "history.json").write_text(json.dumps(self.state.history, indent=1))
+        return self.state
+
+    def select(self, key: str | None) -> Path:
+        """The model file later steps should use: best by validation at ``key`` (e.g. ``5shot``), else final."""
+        best = self.run_dir / f"best_{key}.pt"
+        return best if key and best.exists() else self.run_dir / "final.pt"

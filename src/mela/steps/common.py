@@ -1,0 +1,245 @@
+"""What every pipeline step shares: run folders, logging, data, model references, validation.
+
+A step is a pure ``run(cfg) -> dict`` function; this module turns the user-facing
+OmegaConf config into the typed objects the library takes, once, at the top.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mela.data.augment import Augmenter
+from mela.data.base import DatasetSpec, ImageSplit
+from mela.data.registry import get_dataset_spec, load_split
+from mela.data.samplers import TaskShape
+from mela.device import pick_device
+from mela.errors import MelaError
+from mela.methods.evaluator import EvalResult, evaluate_model
+from mela.methods.heads import make_head
+from mela.methods.training import OptimSettings, parse_decay_epochs
+from mela.models.feature_model import FeatureModel, ModelSpec
+from mela.models.registry import available_models
+from mela.workspace import data_dir, init_workspace, saves_dir, workspace_root
+
+STEPS = ("learn_meta_repr", "learn_labeler", "fine_tune", "meta_eval", "sup_baseline")
+MODEL_FILE = "model.pt"
+DONE_FILE = "done.json"
+
+
+@dataclass
+class RunContext:
+    """One step's run: where it writes, what it runs on, and its logger."""
+
+    step: str
+    cfg: DictConfig
+    workspace: Path
+    device: torch.device
+    run_dir: Path
+    logger: logging.Logger
+
+    def log(self, message: str) -> None:
+        self.logger.info(message)
+
+    @property
+    def resumed(self) -> bool:
+        return (self.run_dir / "last.pt").exists()
+
+
+def _make_logger(step: str, run_dir: Path) -> logging.Logger:
+    logger = logging.getLogger(f"mela.{step}.{run_dir.name}.{id(run_dir)}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    formatter = logging.Formatter("%(asctime)s %(name)s | %(message)s", "%H:%M:%S")
+    file_handler = logging.FileHandler(run_dir / "log.txt")
+    file_handler.setFormatter(formatter)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter(f"[{step}] %(message)s"))
+    logger.addHandler(file_handler)
+    logger.addHandler(console)
+    logger.name = f"mela.{step}"
+    return logger
+
+
+def default_run_name(cfg: DictConfig, model_name: str) -> str:
+    return f"{cfg.dataset}_{model_name}_trial{cfg.trial}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def start_run(cfg: DictConfig, step: str, model_name: str) -> RunContext:
+    """Check the config, create the run folder (or reopen it to resume), save the resolved config, log."""
+    root = workspace_root(cfg.get("workspace"))
+    init_workspace(root)
+    device = pick_device(str(cfg.get("device", "auto")))
+    torch.manual_seed(int(cfg.seed))
+    run_name = cfg.get("run_name") or default_run_name(cfg, model_name)
+    run_dir = saves_dir(root) / step / str(run_name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    ctx = RunContext(step, cfg, root, device, run_dir, _make_logger(step, run_dir))
+    ctx.log(f"run folder {run_dir} on {device}")
+    return ctx
+
+
+def finish_run(ctx: RunContext, metrics: dict) -> dict:
+    """Mark the run complete (``done.json``: what later steps and ``latest`` look for) and close its log."""
+    record = {"step": ctx.step, "dataset": ctx.cfg.dataset, "run_dir": str(ctx.run_dir),
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics}
+    tmp = ctx.run_dir / f".{DONE_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, ctx.run_dir / DONE_FILE)
+    for handler in list(ctx.logger.handlers):
+        handler.close()
+        ctx.logger.removeHandler(handler)
+    return record
+
+
+def dataset_spec(cfg: DictConfig) -> DatasetSpec:
+    """The spec of ``cfg.dataset``; ``custom`` builds one from ``custom_path``."""
+    if cfg.dataset == "custom":
+        if not cfg.get("custom_path"):
+            raise MelaError("dataset=custom needs custom_path=<folder of class folders or .npz file>")
+        from mela.data.custom import custom_dataset_spec
+
+        return custom_dataset_spec(cfg.custom_path, cfg.get("custom_split"), int(cfg.get("image_size", 84)),
+                                   int(cfg.seed))
+    return get_dataset_spec(str(cfg.dataset))
+
+
+def load_data(cfg: DictConfig, spec: DatasetSpec, split: str, root: Path) -> ImageSplit:
+    """Load ``split`` of the configured data set from the workspace."""
+    if cfg.dataset == "custom":
+        return spec.load(data_dir(root), split)
+    return load_split(spec.name, split, data_dir(root))
+
+
+def build_model(name: str, in_channels: int, feat_dim: int | None, residual_mlp: bool = False) -> FeatureModel:
+    """A fresh feature model; ``feat_dim``, when given, must agree with the architecture."""
+    kwargs = {"in_channels": in_channels}
+    model = FeatureModel(ModelSpec(name, kwargs, residual_mlp))
+    check_feat_dim(feat_dim, model, name)
+    return model
+
+
+def check_feat_dim(feat_dim: int | None, model: FeatureModel, name: str) -> None:
+    if feat_dim not in (None, "null") and int(feat_dim) != model.feat_dim:
+        raise MelaError(f"feat_dim={feat_dim} contradicts model {name}, whose features have {model.feat_dim} "
+                        f"dimensions; drop feat_dim or set it to {model.feat_dim}")
+
+
+def check_model_name(name: str) -> None:
+    """Fail before any data loads if the architecture name is unknown (the error lists valid names)."""
+    if name not in available_models():
+        raise MelaError(f"unknown model '{name}'; valid names: {', '.join(available_models())}")
+
+
+def optim_settings(cfg: DictConfig) -> OptimSettings:
+    return OptimSettings(
+        epochs=int(cfg.epochs), learning_rate=float(cfg.learning_rate), sgd=bool(cfg.SGD),
+        momentum=float(cfg.momentum), weight_decay=float(cfg.weight_decay),
+        lr_decay_epochs=parse_decay_epochs(cfg.lr_decay_epochs), lr_decay_rate=float(cfg.lr_decay_rate),
+    )
+
+
+def augmenter(spec: DatasetSpec, cfg: DictConfig, data_aug: bool) -> Augmenter:
+    return Augmenter(spec.mean, spec.std, data_aug=data_aug, flip=bool(cfg.get("hflip", True)))
+
+
+def images_tensor(split: ImageSplit, device: torch.device) -> torch.Tensor:
+    """The split's pixels as one uint8 tensor, on the device when it fits comfortably there."""
+    pixels = torch.from_numpy(np.ascontiguousarray(split.images))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if pixels.numel() < 0.25 * free:
+            return pixels.to(device)
+    return pixels
+
+
+def find_model(ref: object, root: Path, producers: tuple[str, ...], dataset: str | None) -> Path | None:
+    """Resolve a model reference to a model file.
+
+    ``false``/``null`` -> None; ``latest`` -> the newest finished run of one of
+    ``producers`` on ``dataset``; a run name -> that run of one of ``producers``;
+    a run folder -> its model.pt; a file -> itself.
+    """
+    if ref in (None, False, "", "false", "False", "null", "none"):
+        return None
+    ref = str(ref)
+    if ref == "latest":
+        candidates = []
+        for step in producers:
+            for done in (saves_dir(root) / step).glob(f"*/{DONE_FILE}"):
+                info = json.loads(done.read_text())
+                if dataset is None or info.get("dataset") == dataset:
+                    candidates.append((info.get("finished", ""), done.stat().st_mtime, done.parent))
+        if not candidates:
+            raise MelaError(f"no finished {' or '.join(producers)} run on dataset {dataset} in {saves_dir(root)}; "
+                            "run that step first, or give the model as a run name or path")
+        return max(candidates)[2] / MODEL_FILE
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return _model_in(path)
+    for step in producers:
+        run_dir = saves_dir(root) / step / ref
+        if run_dir.is_dir():
+            return _model_in(run_dir)
+    raise MelaError(f"model '{ref}' is neither a file, a run folder, nor a run of {', '.join(producers)} "
+                    f"under {saves_dir(root)}; use latest, a run name or a path")
+
+
+def _model_in(run_dir: Path) -> Path:
+    model = run_dir / MODEL_FILE
+    if not model.exists():
+        raise MelaError(f"{run_dir} has no {MODEL_FILE}: the run did not finish; rerun it with run_name={run_dir.name}")
+    return model
+
+
+def publish_model(ctx: RunContext, chosen: Path) -> Path:
+    """Copy the chosen checkpoint to the run's ``model.pt`` (atomically), the file later steps load."""
+    tmp = ctx.run_dir / f".{MODEL_FILE}.tmp"
+    shutil.copyfile(chosen, tmp)
+    os.replace(tmp, ctx.run_dir / MODEL_FILE)
+    return ctx.run_dir / MODEL_FILE
+
+
+def validator(
+    ctx: RunContext, model: FeatureModel, val_split: ImageSplit, spec: DatasetSpec, cfg: DictConfig
+) -> Callable[[], dict[str, float]]:
+    """Validation at every shot count in ``val_shots``: mean test-time accuracy on val tasks."""
+    shots = [int(s) for s in cfg.get("val_shots", [cfg.val_n_shots])]
+
+    def run() -> dict[str, float]:
+        scores = {}
+        for k in shots:
+            result = evaluate(model, val_split, spec, ctx.device, cfg, TaskShape(int(cfg.val_n_ways), k,
+                              int(cfg.n_queries)), int(cfg.test_db_size))
+            scores[f"{k}shot"] = result.overall.acc
+        return scores
+
+    return run
+
+
+def evaluate(
+    model: torch.nn.Module, split: ImageSplit, spec: DatasetSpec, device: torch.device, cfg: DictConfig,
+    shape: TaskShape, n_tasks: int, head: str = "logistic",
+) -> EvalResult:
+    """The test-time protocol: features, L2 norm (``is_norm``), a head fitted per task."""
+    C, use_bias, lam = float(cfg.test_C), bool(cfg.use_bias), float(cfg.get("lam", 1e-3))
+    return evaluate_model(model, split, shape, n_tasks, lambda: make_head(head, C=C, use_bias=use_bias, lam=lam),
+                          spec.mean, spec.std, device, is_norm=bool(cfg.is_norm))
+
+
+def in_channels(split: ImageSplit) -> int:
+    return int(split.images.shape[-1])
