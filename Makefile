@@ -1,0 +1,53 @@
+# mela: two commands matter.
+#   make demo   set up a virtual environment and run the whole MeLa pipeline on the built-in glyphs (CPU, minutes)
+#   make test   set up the environment with the dev extras and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MELA ?= $(BIN)/mela
+# PyTorch is pinned here, not in the package: on these machines torch==2.13.0 is the CPU wheel on disk,
+# while an unpinned torch pulls a multi-GB CUDA build. On a GPU machine, set TORCH to the build you want.
+TORCH ?= torch==2.13.0
+WORKSPACE ?= $(HOME)/mela-workspace
+export WORKSPACE
+
+.PHONY: demo test install install-dev initialize_workspace lint bench clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed
+	$(MELA) pipeline
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks tools *.py
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/run_all.py
+
+initialize_workspace: $(VENV)/.installed
+	$(MELA) workspace init
+
+clean-venv:
+	rm -rf $(VENV)
+
+include make/data.mk
+
+# The data rules need the installed `mela` command.
+download_all unpack_datasets check_datasets $(addprefix download_,$(DATA_ARCHIVES)): | $(VENV)/.installed

@@ -1,0 +1,122 @@
+"""Config composition, validation and model references, without training anything big."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mela.cli import main
+from mela.config import compose_config, config_names, default_config
+from mela.errors import MelaError
+from mela.steps import common
+from mela.workspace import saves_dir
+
+REPO = Path(__file__).resolve().parents[2]
+SEED_DATASETS = ["miniImageNet", "tieredImageNet", "mini60", "tiered780", "mixed", "h_aircraft"]
+
+
+def test_every_step_config_keeps_the_reference_argument_names_and_defaults():
+    reference_defaults = {
+        "learn_meta_repr": {"n_ways": 5, "n_shots": 5, "n_queries": 15, "lam": 0.001, "epochs": 25,
+                            "learning_rate": 0.05, "lr_decay_epochs": "17,22", "train_db_size": 2800,
+                            "test_db_size": 1000, "extra_reg": True, "data_aug": True, "SGD": True},
+        "learn_labeler": {"K": 400, "std_factor": 3.5, "epochs": 50, "lr_decay_epochs": "35,43", "batch_size": 128,
+                          "sup_rotate_aug": True, "sup_data_aug": True, "data_aug": False},
+        "fine_tune": {"epochs": 2, "learning_rate": 0.0001, "weight_decay": 1e-6, "rotate_aug": True},
+        "meta_eval": {"test_db_size": 1500, "n_queries": 15, "test_C": 1.0, "use_bias": True, "is_norm": True},
+        "sup_baseline": {"batch_size": 64, "epochs": 50, "rotate_aug": True},
+    }
+    for step, expected in reference_defaults.items():
+        cfg = default_config(step)
+        for key, value in expected.items():
+            assert cfg[key] == value, (step, key)
+    assert {"learn_meta_repr", "learn_labeler", "fine_tune", "meta_eval", "sup_baseline", "pipeline"} <= set(
+        config_names())
+
+
+def test_overrides_use_the_reference_command_line_syntax():
+    cfg = compose_config("learn_meta_repr", ["dataset=miniImageNet", "n_shots=1", "lr_decay_epochs=10"])
+    assert (cfg.dataset, cfg.n_shots, cfg.lr_decay_epochs) == ("miniImageNet", 1, 10)
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("nshots=1", "Could not override 'nshots'"),
+    ("n_shots=abc", "n_shots must be an integer"),
+    ("data_aug=maybe", "data_aug must be true or false"),
+])
+def test_bad_overrides_are_one_line_errors(override, fragment):
+    with pytest.raises(MelaError, match=fragment) as info:
+        compose_config("learn_meta_repr", [override])
+    assert "\n" not in str(info.value)
+
+
+def test_feat_dim_follows_the_model_and_a_contradiction_is_refused():
+    model = common.build_model("convnet4", 1, None)
+    assert model.feat_dim == 64
+    assert common.build_model("convnet4", 1, 64).feat_dim == 64
+    with pytest.raises(MelaError, match="feat_dim=640 contradicts model convnet4"):
+        common.build_model("convnet4", 1, 640)
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
+@pytest.mark.parametrize("dataset", SEED_DATASETS)
+def test_every_seed_data_set_name_reports_missing_files_clearly(dataset, workspace, capsys):
+    code, err = run_cli(["learn-meta-repr", f"dataset={dataset}"], capsys)
+    assert code == 2
+    last = err[-1]
+    assert last.startswith(f"error: data set '{dataset}' not found:")
+    assert "make download_all" in last or "mela data" in last
+
+
+def test_unknown_model_and_data_set_names_list_the_valid_ones(workspace, capsys):
+    code, err = run_cli(["learn-meta-repr", "model=resnet13", "dataset=glyphs"], capsys)
+    assert code == 2 and "valid names:" in err[-1] and "resnet12" in err[-1]
+    code, err = run_cli(["sup-baseline", "dataset=imagenet21k"], capsys)
+    assert code == 2 and "unknown data set 'imagenet21k'" in err[-1] and "miniImageNet" in err[-1]
+
+
+def test_contradictory_feat_dim_is_refused_through_the_cli(workspace, synthetic_dataset, capsys):
+    code, err = run_cli(["learn-meta-repr", f"dataset={synthetic_dataset}", "model=convnet4", "feat_dim=640"], capsys)
+    assert code == 2 and "feat_dim=640 contradicts model convnet4" in err[-1]
+
+
+def test_the_reference_style_script_gives_a_one_line_error_for_a_typo():
+    result = subprocess.run([sys.executable, str(REPO / "learn_meta_repr.py"), "nshots=1"], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: bad setting for learn_meta_repr: Could not override 'nshots'. (see `mela learn-meta-repr --help`)"]
+
+
+def _finished_run(root: Path, step: str, name: str, dataset: str, finished: str) -> Path:
+    run_dir = saves_dir(root) / step / name
+    run_dir.mkdir(parents=True)
+    (run_dir / common.MODEL_FILE).write_bytes(b"x")
+    (run_dir / common.DONE_FILE).write_text(json.dumps({"dataset": dataset, "finished": finished}))
+    return run_dir
+
+
+def test_latest_finds_the_newest_finished_run_on_the_same_data_set(tmp_path):
+    _finished_run(tmp_path, "learn_meta_repr", "old", "glyphs", "2026-01-01T00:00:00")
+    newest = _finished_run(tmp_path, "learn_meta_repr", "new", "glyphs", "2026-02-01T00:00:00")
+    _finished_run(tmp_path, "learn_meta_repr", "other", "miniImageNet", "2026-03-01T00:00:00")
+    unfinished = saves_dir(tmp_path) / "learn_meta_repr" / "running"
+    unfinished.mkdir()
+    assert common.find_model("latest", tmp_path, ("learn_meta_repr",), "glyphs") == newest / common.MODEL_FILE
+    assert common.find_model("old", tmp_path, ("learn_meta_repr",), None).parent.name == "old"
+    assert common.find_model(False, tmp_path, ("learn_meta_repr",), None) is None
+    with pytest.raises(MelaError, match="did not finish"):
+        common.find_model(str(unfinished), tmp_path, ("learn_meta_repr",), None)
+    with pytest.raises(MelaError, match="no finished learn_labeler run on dataset glyphs"):
+        common.find_model("latest", tmp_path, ("learn_labeler",), "glyphs")
+    with pytest.raises(MelaError, match="neither a file, a run folder"):
+        common.find_model("nope", tmp_path, ("learn_meta_repr",), None)

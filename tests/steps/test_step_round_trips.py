@@ -1,0 +1,87 @@
+"""Train, checkpoint, resume and evaluate round trips of the steps on a tiny synthetic data set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mela.config import compose_config
+from mela.errors import MelaError
+from mela.methods.checkpoint import load_checkpoint
+from mela.steps import learn_labeler, learn_meta_repr, meta_eval, sup_baseline
+from mela.workspace import saves_dir
+
+TINY = ["model=convnet4", "n_ways=4", "n_shots=2", "n_queries=3", "test_db_size=20", "progress=false",
+        "hflip=false", "val_shots=[1,2]", "val_n_shots=2", "val_n_ways=4"]
+
+
+def tiny_config(step, dataset, *extra):
+    shared = TINY
+    if step == "learn_labeler":
+        shared = [o.replace("model=", "train_model=") for o in TINY] + ["label_recovery_model=convnet4"]
+    if step == "meta_eval":
+        shared = [o for o in TINY if o.split("=")[0] in ("model", "n_ways", "n_queries", "test_db_size", "progress")]
+    return compose_config(step, [f"dataset={dataset}", *shared, *extra])
+
+
+def test_meta_repr_trains_checkpoints_and_resumes_where_it_stopped(synthetic_dataset, workspace):
+    first = learn_meta_repr.run(tiny_config("learn_meta_repr", synthetic_dataset, "epochs=1", "run_name=r1",
+                                            "lr_decay_epochs=1"))
+    run_dir = saves_dir(workspace) / "learn_meta_repr" / "r1"
+    assert first["run_dir"] == str(run_dir)
+    assert (run_dir / "model.pt").exists() and (run_dir / "config.yaml").exists()
+    assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
+    second = learn_meta_repr.run(tiny_config("learn_meta_repr", synthetic_dataset, "epochs=3", "run_name=r1",
+                                             "lr_decay_epochs=1"))
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert "resumed from" in (run_dir / "log.txt").read_text()
+    assert set(second["best_val"]) == {"1shot", "2shot"}
+    assert [h["lr"] for h in history] == pytest.approx([0.05, 0.005, 0.005])
+
+
+def test_labeler_then_meta_eval_find_earlier_runs_by_name_and_latest(synthetic_dataset, workspace):
+    learn_meta_repr.run(tiny_config("learn_meta_repr", synthetic_dataset, "epochs=2", "run_name=base",
+                                    "lr_decay_epochs=1", "learning_rate=0.02"))
+    result = learn_labeler.run(tiny_config("learn_labeler", synthetic_dataset, "epochs=1", "pretrained_labeler=base",
+                                           "K=40", "run_name=lab", "sup_rotate_aug=false", "batch_size=32"))
+    report = json.loads((saves_dir(workspace) / "learn_labeler" / "lab" / "labeler_report.json").read_text())
+    assert result["labeler"]["true_classes"] == 24
+    assert report["tasks_kept"] == report["tasks_total"] > 0
+    assert 0.0 <= report["clustering_accuracy"] <= 1.0
+    centroids = np.load(saves_dir(workspace) / "learn_labeler" / "lab" / "centroids.npz")["centroids"]
+    assert centroids.shape == (report["clusters"], 64)
+    evaluation = meta_eval.run(tiny_config("meta_eval", synthetic_dataset, "pretrained_model=latest",
+                                           "from_step=learn_labeler", "run_name=ev"))
+    assert evaluation["model"].endswith("learn_labeler/lab/model.pt")
+    assert [row["shots"] for row in evaluation["rows"]] == [1, 5]
+    assert all(25.0 <= row["acc"] <= 100.0 and row["ci"] > 0 for row in evaluation["rows"])
+    saved = json.loads((saves_dir(workspace) / "meta_eval" / "ev" / "results.json").read_text())
+    assert saved["rows"][0]["acc"] == pytest.approx(evaluation["rows"][0]["acc"])
+
+
+def test_reusing_saved_centroids_gives_the_same_labels(synthetic_dataset, workspace):
+    learn_meta_repr.run(tiny_config("learn_meta_repr", synthetic_dataset, "epochs=1", "run_name=base"))
+    learn_labeler.run(tiny_config("learn_labeler", synthetic_dataset, "epochs=1", "pretrained_labeler=base",
+                                  "K=40", "run_name=a", "sup_rotate_aug=false"))
+    learn_labeler.run(tiny_config("learn_labeler", synthetic_dataset, "epochs=1", "pretrained_labeler=base",
+                                  "pretrained_centroids=a", "run_name=b", "sup_rotate_aug=false"))
+    reports = [json.loads((saves_dir(workspace) / "learn_labeler" / n / "labeler_report.json").read_text())
+               for n in ("a", "b")]
+    assert reports[0]["clusters"] == reports[1]["clusters"]
+    assert reports[0]["clustering_accuracy"] == reports[1]["clustering_accuracy"]
+
+
+def test_the_oracle_trains_with_rotation_heads_and_evaluates(synthetic_dataset, workspace):
+    result = sup_baseline.run(tiny_config("sup_baseline", synthetic_dataset, "epochs=1", "run_name=o",
+                                          "batch_size=32", "rotate_aug=true"))
+    assert result["n_classes"] == [24]
+    state = load_checkpoint(saves_dir(workspace) / "sup_baseline" / "o" / "last.pt")["trainable"]
+    assert state["heads.0.weight"].shape[0] == 4 * 24
+
+
+def test_learn_labeler_without_a_meta_repr_model_says_what_to_run_first(synthetic_dataset, workspace):
+    with pytest.raises(MelaError, match="no finished learn_meta_repr run"):
+        learn_labeler.run(tiny_config("learn_labeler", synthetic_dataset, "epochs=1"))
