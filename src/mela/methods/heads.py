@@ -67,10 +67,14 @@ class LogisticRegressionHead:
 
     def fit(self, support: torch.Tensor, labels: torch.Tensor, n_ways: int) -> LogisticRegressionHead:
         x = support.double()
-        # Orthonormal basis of the span of each task's support features.
-        _, s, vh = torch.linalg.svd(x, full_matrices=False)  # vh: (B, r, d)
-        self.basis = vh.transpose(-1, -2)  # (B, d, r)
-        z = x @ self.basis  # (B, n, r)
+        # Orthonormal basis of the span of each task's support features, from the small
+        # (n x n) Gram matrix: X = U S Vᵀ gives V = Xᵀ U S⁻¹ and X V = U S.
+        evals, evecs = torch.linalg.eigh(x @ x.transpose(-1, -2))
+        keep = evals > 1e-10 * evals.amax(-1, keepdim=True).clamp_min(1e-300)
+        singular = torch.where(keep, evals.clamp_min(0).sqrt(), torch.zeros_like(evals))
+        inverse = torch.where(keep, 1.0 / singular.clamp_min(1e-300), torch.zeros_like(evals))
+        self.basis = x.transpose(-1, -2) @ (evecs * inverse.unsqueeze(-2))  # (B, d, n)
+        z = evecs * singular.unsqueeze(-2)  # (B, n, n) = X @ basis
         if self.fit_intercept:
             z = add_intercept(z)
         y = one_hot(labels, n_ways).double()
@@ -116,12 +120,14 @@ def _newton_multinomial(
     # on that block keeps the Newton system non-singular without moving the optimum's predictions.
     damping = 1e-10 + (1.0 - penalty).repeat(1, c).reshape(-1) * 1e-8
     value = _objective(z, y, theta, C, penalty)
-    for _ in range(max_iter):
+    for iteration in range(max_iter):
         prob = torch.softmax(z @ theta, -1)  # (B, n, c)
         grad = C * z.transpose(-1, -2) @ (prob - y) + theta * penalty  # (B, p, c)
         # Hessian of the cross-entropy: sum_i (diag(p_i) - p_i p_iᵀ) ⊗ z_i z_iᵀ, laid out (p, c) x (p, c).
         w = torch.diag_embed(prob) - prob.unsqueeze(-1) * prob.unsqueeze(-2)  # (B, n, c, c)
-        hess = C * torch.einsum("bni,bnkl,bnj->bikjl", z, w, z).reshape(batch, p * c, p * c)
+        zw = (z.unsqueeze(-1).unsqueeze(-1) * w.unsqueeze(2)).flatten(2)  # (B, n, p*c*c)
+        hess = (zw.transpose(-1, -2) @ z).view(batch, p, c, c, p).permute(0, 1, 2, 4, 3)
+        hess = C * hess.reshape(batch, p * c, p * c)
         hess = hess + torch.diag_embed(penalty.repeat(1, c).reshape(-1).expand(batch, -1)) + eye * damping
         step = torch.linalg.solve(hess, grad.reshape(batch, p * c, 1)).reshape(batch, p, c)
         # Backtracking line search per task: halve until the objective does not increase.

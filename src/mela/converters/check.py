@@ -1,0 +1,91 @@
+"""``mela data check``: which registered data sets are usable in a workspace, and what to do about the rest.
+
+Each data set and split is reported as ``present`` (files there and loadable),
+``missing`` (a required file is absent) or ``corrupt`` (files there but
+unreadable, wrongly shaped, or with a label count that does not match the
+images), with the offending path and how to obtain the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mela.data.registry import available_datasets, get_dataset_spec
+from mela.errors import MelaError
+
+PRESENT, MISSING, CORRUPT = "present", "missing", "corrupt"
+
+
+@dataclass(frozen=True)
+class Report:
+    """The state of one split of one data set."""
+
+    dataset: str
+    split: str
+    status: str
+    path: Path | None
+    detail: str
+    how_to_get: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "status": self.status,
+            "path": str(self.path) if self.path is not None else None,
+            "detail": self.detail,
+            "how_to_get": self.how_to_get,
+        }
+
+
+def check_split(name: str, split: str, data_dir: Path, load: bool = True) -> Report:
+    """Report on one split: file presence first, then (with ``load``) a full load to catch corrupt files."""
+    spec = get_dataset_spec(name)
+    required = spec.required_files(Path(data_dir), split)
+    if not required:
+        return Report(name, split, PRESENT, None, "built in", spec.how_to_get)
+    missing = [path for path in required if not path.exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        return Report(name, split, MISSING, missing[0], f"{missing[0]} is missing{more}", spec.how_to_get)
+    if not load:
+        return Report(name, split, PRESENT, required[0], "files present (not loaded)", spec.how_to_get)
+    try:
+        loaded = spec.load(Path(data_dir), split)
+    except MelaError as exc:
+        return Report(name, split, CORRUPT, _named_path(str(exc), required), str(exc), spec.how_to_get)
+    except Exception as exc:  # noqa: BLE001 - any loader failure means the files are not usable
+        return Report(name, split, CORRUPT, required[0], f"{type(exc).__name__}: {exc}", spec.how_to_get)
+    detail = f"{loaded.n_classes} classes, {len(loaded.images)} images of {'x'.join(map(str, loaded.image_shape))}"
+    return Report(name, split, PRESENT, required[0], detail, spec.how_to_get)
+
+
+def _named_path(message: str, candidates: list[Path]) -> Path:
+    """The required file a loader's error message names (the first one otherwise)."""
+    for path in candidates:
+        if str(path) in message:
+            return path
+    return candidates[0]
+
+
+def check_workspace(data_dir: str | Path, names: list[str] | None = None, load: bool = True) -> list[Report]:
+    """Report on every split of every registered data set (or of ``names``) under ``data_dir``."""
+    reports = []
+    for name in names if names is not None else available_datasets():
+        spec = get_dataset_spec(name)
+        for split in spec.splits:
+            reports.append(check_split(name, split, Path(data_dir), load=load))
+    return reports
+
+
+def format_reports(reports: list[Report]) -> str:
+    """A plain-text table, one line per data set and split, with a hint under anything not present."""
+    lines, hinted = [], set()
+    width = max((len(r.dataset) for r in reports), default=8)
+    for report in reports:
+        lines.append(f"{report.dataset:<{width}}  {report.split:<5}  {report.status:<7}  {report.detail}")
+        if report.status != PRESENT and report.dataset not in hinted:
+            hinted.add(report.dataset)
+            lines.append(f"{'':<{width}}  to get it: {report.how_to_get}")
+    return "\n".join(lines)
