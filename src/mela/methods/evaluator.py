@@ -74,7 +74,7 @@ def task_accuracies(
     accs = []
     for start in range(0, len(tasks), chunk):
         sl = slice(start, start + chunk)
-        head = head_factory().fit(features[support[sl]], torch.from_numpy(np.ascontiguousarray(support_labels[sl])),
+        head = head_factory().fit(features[support[sl]], torch.from_numpy(np.array(support_labels[sl])),
                                   n_ways)
         predicted = head.predict(features[query[sl]]).cpu().numpy()
         accs.append((predicted == query_labels[sl]).mean(axis=1))

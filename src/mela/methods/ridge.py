@@ -92,7 +92,8 @@ def task_ridge_loss(
         dict with ``loss`` (the total) and its parts ``mse``, ``hinge``, ``weight_mse``.
     """
     xs, xq = add_intercept(support), add_intercept(query)
-    ys, yq = one_hot(support_labels, n_ways), one_hot(query_labels, n_ways)
+    ys = one_hot(support_labels, n_ways).to(support.dtype)
+    yq = one_hot(query_labels, n_ways).to(query.dtype)
     w_support = ridge_fit(xs, ys, lam)
     mse = F.mse_loss(xq @ w_support, yq)
     parts = {"mse": mse}

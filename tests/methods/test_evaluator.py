@@ -1,0 +1,111 @@
+"""Few-shot evaluation: confidence intervals, per-task accuracy, seeded and per-group evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mela.data.base import ImageSplit
+from mela.data.samplers import TaskShape, evaluation_tasks
+from mela.methods.evaluator import evaluate_features, mean_confidence_interval, task_accuracies
+from mela.methods.heads import LogisticRegressionHead, PrototypeHead
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.9])
+def test_mean_confidence_interval_half_width_equals_scipy_t_interval(confidence: float) -> None:
+    values = np.random.default_rng(0).uniform(40, 90, size=37)
+    mean, half = mean_confidence_interval(values, confidence)
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    assert mean == pytest.approx(values.mean(), rel=1e-12)
+    assert half == pytest.approx((high - low) / 2, rel=1e-10)
+
+
+def test_mean_confidence_interval_on_a_hand_worked_sample_and_degenerate_inputs() -> None:
+    # Values 1, 2, 3: mean 2, sample std 1, sem 1/sqrt(3); t_{0.975, 2} = 4.302653.
+    mean, half = mean_confidence_interval(np.array([1.0, 2.0, 3.0]))
+    assert mean == 2.0
+    assert half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    one_mean, one_half = mean_confidence_interval(np.array([5.0]))
+    assert one_mean == 5.0 and math.isnan(one_half)
+    empty_mean, empty_half = mean_confidence_interval(np.array([]))
+    assert math.isnan(empty_mean) and math.isnan(empty_half)
+
+
+def _hand_features() -> torch.Tensor:
+    x = [0, 1, 2, 10, 9, 8,   # task 0: class 0 items 0-2, class 1 items 3-5
+         0, 1, 7, 10, 9, 3]   # task 1: class 0 items 6-8, class 1 items 9-11
+    return torch.tensor([[float(v), 0.0] for v in x], dtype=torch.float64)
+
+
+def test_task_accuracies_with_prototypes_on_hand_built_features_give_the_known_answers() -> None:
+    # 1-shot: prototypes are the first item of each class (0 and 10).
+    # Task 0 queries 1, 2 (class 0) and 9, 8 (class 1): all right -> 1.0.
+    # Task 1 queries 1 (right), 7 (nearer 10: wrong), 9 (right), 3 (nearer 0: wrong) -> 0.5.
+    tasks = np.array([[[0, 1, 2], [3, 4, 5]], [[6, 7, 8], [9, 10, 11]]])
+    accs = task_accuracies(_hand_features(), tasks, 1, PrototypeHead)
+    np.testing.assert_allclose(accs, [1.0, 0.5])
+    np.testing.assert_allclose(task_accuracies(_hand_features(), tasks, 1, PrototypeHead, chunk=1), [1.0, 0.5])
+    # 2-shot: task 0 prototypes 0.5 and 9.5, queries 2 and 8 right; task 1 prototypes 0.5 and 9.5, queries
+    # 7 (class 0, nearer 9.5) and 3 (class 1, nearer 0.5) both wrong -> [1.0, 0.0].
+    np.testing.assert_allclose(task_accuracies(_hand_features(), tasks, 2, PrototypeHead), [1.0, 0.0])
+
+
+def _two_group_split(seed: int = 0) -> tuple[ImageSplit, torch.Tensor]:
+    """Group "a": 6 well separated classes; group "b": 6 classes of pure noise. 12 items per class."""
+    rng = np.random.default_rng(seed)
+    per_class, n_classes, d = 12, 12, 8
+    labels = np.repeat(np.arange(n_classes), per_class)
+    groups = (labels >= 6).astype(np.int64)
+    centres = 20.0 * np.eye(n_classes, d * 2)[:, :d] + 5.0 * np.eye(n_classes, d)
+    features = centres[labels] * (groups[:, None] == 0) + rng.normal(size=(len(labels), d))
+    images = np.zeros((len(labels), 2, 2, 1), dtype=np.uint8)
+    split = ImageSplit(images=images, labels=labels, groups=groups, group_names=("a", "b"))
+    return split, torch.from_numpy(features)
+
+
+def test_evaluate_features_reports_each_group_and_is_reproducible() -> None:
+    split, features = _two_group_split()
+    shape = TaskShape(n_ways=3, n_shots=1, n_queries=4)
+    first = evaluate_features(features, split, shape, 20, PrototypeHead)
+    second = evaluate_features(features, split, shape, 20, PrototypeHead)
+    assert first == second
+    assert set(first.per_group) == {"a", "b"}
+    assert first.per_group["a"].acc == 100.0 and first.per_group["a"].ci == 0.0
+    assert first.per_group["a"].n_tasks == first.per_group["b"].n_tasks == 20
+    assert 10.0 < first.per_group["b"].acc < 70.0  # noise: near chance (33%)
+    assert first.overall.n_tasks == 40
+    assert first.overall.acc == pytest.approx((first.per_group["a"].acc + first.per_group["b"].acc) / 2)
+
+
+def test_evaluate_features_per_group_accuracy_equals_an_independent_nearest_mean_computation() -> None:
+    split, features = _two_group_split(1)
+    shape = TaskShape(n_ways=3, n_shots=2, n_queries=3)
+    result = evaluate_features(features, split, shape, 15, PrototypeHead, is_norm=True)
+    normed = features.numpy() / np.linalg.norm(features.numpy(), axis=1, keepdims=True)
+    for name, tasks in evaluation_tasks(split, shape, 15):
+        accs = []
+        for task in tasks:
+            protos = normed[task[:, :2]].mean(axis=1)  # (n_ways, d)
+            queries = normed[task[:, 2:]]  # (n_ways, 3, d)
+            predicted = np.linalg.norm(queries[:, :, None] - protos[None, None], axis=-1).argmin(-1)
+            accs.append((predicted == np.arange(3)[:, None]).mean() * 100)
+        mean, half = np.mean(accs), stats.t.ppf(0.975, len(accs) - 1) * stats.sem(accs)
+        assert result.per_group[name].acc == pytest.approx(mean, rel=1e-12)
+        assert result.per_group[name].ci == pytest.approx(half, rel=1e-9)
+
+
+def test_evaluation_tasks_of_a_two_group_split_never_mix_groups() -> None:
+    split, _ = _two_group_split()
+    for name, tasks in evaluation_tasks(split, TaskShape(3, 1, 2), 30):
+        group = ("a", "b").index(name)
+        assert (split.groups[tasks] == group).all()
+
+
+def test_evaluate_features_with_the_logistic_head_separates_the_clean_group() -> None:
+    split, features = _two_group_split(2)
+    result = evaluate_features(features, split, TaskShape(3, 1, 2), 5, lambda: LogisticRegressionHead(C=1.0))
+    assert result.per_group["a"].acc == 100.0

@@ -1,0 +1,328 @@
+"""Global label inference: clustering of task keys in reference and improved modes, and its building blocks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from mela.data.samplers import TaskShape, no_replacement_tasks
+from mela.errors import MelaError
+from mela.methods.labeler import (
+    LabelerConfig,
+    clustering_report,
+    cooccurrence,
+    fit_centroids,
+    label_tasks,
+    matched_distinct,
+    merge_close_centroids,
+    nearest_distinct,
+    prune_threshold,
+    same_class_key_distance,
+    task_keys,
+)
+
+N_CLASSES, DIM, ITEMS_PER_CLASS, N_WAYS = 30, 16, 100, 5
+SHAPE = TaskShape(n_ways=N_WAYS, n_shots=1, n_queries=9)  # 10 items per task class
+
+
+@pytest.fixture(scope="module")
+def gaussian_tasks():
+    """30 well separated Gaussian classes; the first 6 tasks cover every class once, the rest are a GFSL pile.
+
+    Returns (item features (T, n_ways, 10, d), true class of each task class (T, n_ways), class means).
+    """
+    rng = np.random.default_rng(2024)
+    means = 10.0 * rng.normal(size=(N_CLASSES, DIM))
+    labels = np.repeat(np.arange(N_CLASSES), ITEMS_PER_CLASS)
+    features = means[labels] + rng.normal(size=(len(labels), DIM))
+    class_items = {c: np.flatnonzero(labels == c) for c in range(N_CLASSES)}
+    order = rng.permutation(N_CLASSES)
+    covering = np.stack([
+        np.stack([class_items[c][:SHAPE.per_class] for c in order[i * N_WAYS:(i + 1) * N_WAYS]])
+        for i in range(N_CLASSES // N_WAYS)
+    ])
+    rest = no_replacement_tasks({c: items[SHAPE.per_class:] for c, items in class_items.items()}, SHAPE, rng)
+    tasks = np.concatenate([covering, rest])
+    assert len(np.unique(tasks)) == tasks.size  # no image reused
+    assert set(labels[covering[:, :, 0]].ravel()) == set(range(N_CLASSES))
+    return features[tasks], labels[tasks[:, :, 0]], means
+
+
+def _fit_and_report(features, true, config, with_key_distance=True):
+    keys = task_keys(features)
+    key_distance = same_class_key_distance(features) if with_key_distance and config.mode == "improved" else None
+    clustering = fit_centroids(keys, config, key_distance)
+    assigned = label_tasks(keys, clustering.centroids, config.mode)
+    return clustering, clustering_report(assigned, true)
+
+
+def test_reference_mode_recovers_every_class_when_the_first_k_over_n_ways_tasks_cover_them(gaussian_tasks) -> None:
+    features, true, means = gaussian_tasks
+    clustering, report = _fit_and_report(features, true, LabelerConfig(K=N_CLASSES, mode="reference"))
+    assert report["clusters"] == N_CLASSES
+    assert report["true_classes_found"] == N_CLASSES
+    assert report["clustering_accuracy"] == 1.0
+    assert report["tasks_kept"] == report["tasks_total"] == len(features)
+    # Each centroid is the mean of the keys of one class: within a key's noise (~1/sqrt(10) per dim) of its mean.
+    nearest = np.linalg.norm(clustering.centroids[:, None] - means[None], axis=-1).min(axis=1)
+    assert nearest.max() < 1.0
+
+
+def test_reference_mode_loses_classes_absent_from_its_initial_centroids(gaussian_tasks) -> None:
+    features, true, _ = gaussian_tasks
+    clustering, report = _fit_and_report(features, true, LabelerConfig(K=10, mode="reference"))
+    assert len(clustering.centroids) <= 10
+    assert report["clusters"] <= 10
+    assert report["clustering_accuracy"] < 0.5
+
+
+@pytest.mark.parametrize("K", [7, 10], ids=["K7_not_divisible", "K10"])
+def test_improved_mode_spawns_centroids_and_recovers_all_classes_when_k_is_below_the_class_count(
+        gaussian_tasks, K: int) -> None:
+    features, true, means = gaussian_tasks
+    clustering, report = _fit_and_report(features, true, LabelerConfig(K=K, mode="improved"))
+    assert sum(p["spawned"] for p in clustering.passes) >= N_CLASSES - K
+    assert report["clusters"] == N_CLASSES
+    assert report["true_classes_found"] == N_CLASSES
+    assert report["clustering_accuracy"] >= 0.99
+    assert report["tasks_kept"] == len(features)
+    nearest = np.linalg.norm(means[:, None] - clustering.centroids[None], axis=-1).min(axis=1)
+    assert nearest.max() < 1.0
+
+
+@pytest.mark.parametrize("K", [100, 300])
+def test_improved_mode_prunes_and_merges_spurious_centroids_when_k_is_far_above_the_class_count(
+        gaussian_tasks, K: int) -> None:
+    features, true, _ = gaussian_tasks
+    clustering, report = _fit_and_report(features, true, LabelerConfig(K=K, mode="improved"))
+    assert sum(p["pruned"] + p["merged"] for p in clustering.passes) > 0
+    assert len(clustering.centroids) == N_CLASSES
+    assert report["clusters"] == N_CLASSES
+    assert report["clustering_accuracy"] >= 0.99
+    assert report["classes_split_over_clusters"] == 0 and report["clusters_mixing_classes"] == 0
+
+
+# Hand-built keys in 2-D: classes A, B, C and one far outlier key that becomes an initial centroid.
+A, B, C, FAR = (0.0, 0.0), (10.0, 0.0), (0.0, 10.0), (100.0, 110.0)
+
+
+def _outlier_keys() -> np.ndarray:
+    tasks = [[A, B], [C, FAR]] + [[A, B], [B, C], [A, C]] * 3
+    return np.array(tasks, dtype=float)
+
+
+def test_reference_pruning_removes_an_initial_centroid_hit_only_by_its_own_task() -> None:
+    # Pass 1 (K=4): hits A=7, B=7, C=7, FAR=1; threshold = max(5.5 - 3.5*sqrt(.25*11), 1) = 1; keep hits > 1.
+    clustering = fit_centroids(_outlier_keys(), LabelerConfig(K=4, mode="reference"))
+    first = clustering.passes[0]
+    assert (first["centroids_before"], first["pruned"], first["centroids_after"]) == (4, 1, 3)
+    assert first["prune_threshold"] == 1.0
+    assert first["clustering_rate"] == 1.0
+    # Keys are noise-free, so the surviving centroids are exactly A, B and C.
+    np.testing.assert_array_equal(clustering.centroids, np.array([A, B, C]))
+    # Pass 2: FAR's nearest centroid is C (141.4 < 142.1 < 148.7), colliding with the task's C key: skipped.
+    assert len(clustering.passes) == 2
+    assert clustering.passes[1]["centroids_after"] == 3
+    assert clustering.passes[1]["clustering_rate"] == pytest.approx(10 / 11)
+
+
+def test_improved_pruning_removes_the_outlier_centroid_and_its_respawn_without_moving_the_real_ones() -> None:
+    # Same keys; key distance 1 -> spawn radius 2, merge radius 1 (A, B, C are 10 apart: no merge).
+    clustering = fit_centroids(_outlier_keys(), LabelerConfig(K=4, mode="improved"), key_distance=1.0)
+    first, second = clustering.passes
+    assert (first["centroids_before"], first["spawned"], first["pruned"], first["merged"]) == (4, 0, 1, 0)
+    # Pass 2: FAR is matched to B at 142.1 > 2, so it spawns a centroid instead of dragging B; hit once, pruned.
+    assert (second["centroids_before"], second["spawned"], second["pruned"], second["centroids_after"]) == (3, 1, 1, 3)
+    assert second["clustering_rate"] == 1.0
+    np.testing.assert_array_equal(clustering.centroids, np.array([A, B, C]))
+    assert clustering.spawn_distance == 2.0
+
+
+def test_reference_labels_drop_a_colliding_task_while_improved_labels_match_it_one_to_one() -> None:
+    keys = _outlier_keys()
+    centroids = np.array([A, B, C])
+    reference = label_tasks(keys, centroids, "reference")
+    improved = label_tasks(keys, centroids, "improved")
+    np.testing.assert_array_equal(reference[1], [-1, -1])
+    # C key -> C (0) and FAR -> B (142.1) costs 142.1; C key -> B (14.1) and FAR -> C (141.4) costs 155.5.
+    np.testing.assert_array_equal(improved[1], [2, 1])
+    others = np.r_[0, 2:len(keys)]
+    np.testing.assert_array_equal(reference[others], improved[others])
+    assert (reference >= 0).all(axis=1).sum() == len(keys) - 1
+
+
+def test_nearest_distinct_is_none_on_collision_and_matched_distinct_is_the_brute_force_min_cost_matching() -> None:
+    # Both keys are 1 from centroid 0; (1,0): 4 from c1, 6.08 from c2; (0,1): 5.10 from c1, 5 from c2.
+    keys = np.array([[1.0, 0.0], [0.0, 1.0]])
+    centroids = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 6.0]])
+    distances = np.linalg.norm(keys[:, None] - centroids[None], axis=-1)
+    assert nearest_distinct(distances) is None
+    np.testing.assert_array_equal(matched_distinct(distances), [1, 0])  # 4 + 1 = 5 beats 1 + 5 = 6
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        distances = rng.uniform(size=(4, 7))
+        choice = matched_distinct(distances)
+        best = min(itertools.permutations(range(7), 4), key=lambda perm: distances[np.arange(4), list(perm)].sum())
+        assert len(set(choice.tolist())) == 4
+        assert distances[np.arange(4), choice].sum() == pytest.approx(distances[np.arange(4), list(best)].sum())
+        np.testing.assert_array_equal(choice, best)
+
+
+def test_nearest_distinct_returns_each_keys_nearest_centroid_when_they_differ() -> None:
+    distances = np.array([[3.0, 1.0, 2.0], [0.5, 4.0, 0.7]])
+    np.testing.assert_array_equal(nearest_distinct(distances), [1, 0])
+
+
+def test_prune_threshold_equals_the_hand_worked_binomial_bound_and_floors_at_one() -> None:
+    hits = np.array([10.0, 8.0, 6.0, 0.0])
+    # K=4, n_ways=2: p = 0.5, accepted tasks = 24/2 = 12, std = sqrt(0.25*12) = sqrt(3), mean = 6.
+    assert prune_threshold(hits, 2, 1.0) == pytest.approx(6.0 - math.sqrt(3.0))
+    assert prune_threshold(hits, 2, 2.0) == pytest.approx(6.0 - 2.0 * math.sqrt(3.0))
+    # 6 - 3.5*sqrt(3) = -0.06 -> floor 1.
+    assert prune_threshold(hits, 2, 3.5) == 1.0
+    # K=10, n_ways=5: p = 0.5, hits sum 200 -> 40 tasks, std = sqrt(10), mean = 20: 20 - 3.5*3.1623 = 8.932.
+    assert prune_threshold(np.full(10, 20.0), 5, 3.5) == pytest.approx(20.0 - 3.5 * math.sqrt(10.0))
+    assert prune_threshold(np.zeros(6), 3, 3.5) == 1.0
+
+
+def test_reference_mode_raises_when_k_is_not_divisible_by_n_ways() -> None:
+    keys = np.random.default_rng(0).normal(size=(20, 2, 3))
+    with pytest.raises(MelaError, match="divisible"):
+        fit_centroids(keys, LabelerConfig(K=7, mode="reference"))
+
+
+def test_reference_mode_raises_when_fewer_than_k_over_n_ways_tasks_exist() -> None:
+    keys = np.random.default_rng(0).normal(size=(4, 2, 3))
+    with pytest.raises(MelaError, match="at least K/n_ways = 5 tasks"):
+        fit_centroids(keys, LabelerConfig(K=10, mode="reference"))
+
+
+def _all_distinct_keys() -> np.ndarray:
+    """4 two-way tasks whose 8 keys are all far apart: every centroid is hit exactly once."""
+    return 100.0 * np.arange(16, dtype=float).reshape(4, 2, 2)
+
+
+def test_reference_mode_raises_when_pruning_removes_every_centroid() -> None:
+    with pytest.raises(MelaError, match="pruning removed all but 0 of 8 centroids"):
+        fit_centroids(_all_distinct_keys(), LabelerConfig(K=8, mode="reference"))
+
+
+def test_improved_mode_never_raises_where_reference_mode_does() -> None:
+    rng = np.random.default_rng(0)
+    cases = [(rng.normal(size=(20, 2, 3)), 7), (rng.normal(size=(4, 2, 3)), 10), (_all_distinct_keys(), 8)]
+    for keys, K in cases:
+        for key_distance in (None, 0.5):
+            clustering = fit_centroids(keys, LabelerConfig(K=K, mode="improved"), key_distance)
+            assert len(clustering.centroids) >= 2
+            labels = label_tasks(keys, clustering.centroids, "improved")
+            assert (labels >= 0).all()
+            assert all(len(set(row)) == 2 for row in labels.tolist())
+
+
+def test_label_tasks_raises_a_mela_error_when_fewer_centroids_than_ways() -> None:
+    with pytest.raises(MelaError, match="cannot label"):
+        label_tasks(np.zeros((2, 3, 2)), np.zeros((2, 2)))
+
+
+def test_clustering_report_on_a_hand_worked_example_with_a_dropped_task() -> None:
+    assigned = np.array([[0, 1], [1, 0], [0, 1], [-1, -1]])
+    true = np.array([[5, 7], [7, 5], [9, 7], [5, 7]])
+    # Cluster 0 holds true 5, 5, 9 -> majority 5; cluster 1 holds 7, 7, 7 -> 7.
+    # Right: task 0 (2), task 1 (2), task 2 (only the 7); task 3 dropped -> 5 of 8.
+    report = clustering_report(assigned, true)
+    assert report == {
+        "clusters": 2,
+        "true_classes": 3,
+        "clustering_accuracy": 0.625,
+        "tasks_kept": 3,
+        "tasks_total": 4,
+        "true_classes_found": 2,
+        "classes_split_over_clusters": 0,
+        "clusters_mixing_classes": 1,
+    }
+
+
+def test_clustering_report_counts_a_class_split_over_two_clusters() -> None:
+    assigned = np.array([[0, 1], [2, 0]])
+    true = np.array([[3, 4], [4, 3]])
+    report = clustering_report(assigned, true)
+    assert report["clusters"] == 3
+    assert report["clustering_accuracy"] == 1.0
+    assert report["classes_split_over_clusters"] == 1
+    assert report["clusters_mixing_classes"] == 0
+
+
+def test_same_class_key_distance_equals_a_numpy_within_class_variance_computation() -> None:
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(4, 3, 5, 6)) * rng.uniform(0.5, 2.0, size=(4, 3, 1, 1))
+    m = features.shape[2]
+    trace = np.var(features, axis=2, ddof=1).sum(axis=-1)  # (T, n_ways) within-class trace
+    assert same_class_key_distance(features) == pytest.approx(math.sqrt(2.0 * trace.mean() / m), rel=1e-12)
+
+
+def test_same_class_key_distance_is_the_typical_distance_between_two_keys_of_one_class() -> None:
+    rng = np.random.default_rng(4)
+    sigma, m, d = 0.7, 8, 10
+    features = sigma * rng.normal(size=(400, 2, m, d))
+    expected = math.sqrt(2.0 * d * sigma**2 / m)
+    assert same_class_key_distance(features) == pytest.approx(expected, rel=0.03)
+    keys = features.mean(axis=2)
+    empirical_rms = math.sqrt(((keys[:, 0] - keys[:, 1]) ** 2).sum(-1).mean())
+    assert empirical_rms == pytest.approx(expected, rel=0.1)
+
+
+def test_same_class_key_distance_needs_two_items_per_class() -> None:
+    with pytest.raises(MelaError, match="at least 2 images"):
+        same_class_key_distance(np.zeros((3, 2, 1, 4)))
+
+
+def test_cooccurrence_marks_both_directions_of_each_kept_tasks_centroid_pairs() -> None:
+    assigned = np.array([[0, 2], [1, 2], [-1, -1]])
+    expected = np.zeros((4, 4), dtype=bool)
+    for a, b in [(0, 2), (2, 0), (1, 2), (2, 1)]:
+        expected[a, b] = True
+    np.testing.assert_array_equal(cooccurrence(assigned, 4), expected)
+
+
+def test_merge_close_centroids_merges_a_close_pair_into_its_count_weighted_mean() -> None:
+    centroids = np.array([[0.0, 0.0], [0.4, 0.0], [10.0, 0.0]])
+    counts = np.array([1.0, 3.0, 2.0])
+    merged, merged_counts = merge_close_centroids(centroids, counts, np.zeros((3, 3), dtype=bool), radius=1.0)
+    np.testing.assert_allclose(merged, [[0.3, 0.0], [10.0, 0.0]])  # (1*0 + 3*0.4) / 4 = 0.3
+    np.testing.assert_array_equal(merged_counts, [4.0, 2.0])
+    np.testing.assert_array_equal(centroids[1], [0.4, 0.0])  # inputs untouched
+
+
+def test_merge_close_centroids_keeps_a_close_pair_apart_when_one_task_used_both() -> None:
+    centroids = np.array([[0.0, 0.0], [0.4, 0.0], [10.0, 0.0]])
+    counts = np.array([1.0, 3.0, 2.0])
+    apart = np.zeros((3, 3), dtype=bool)
+    apart[0, 1] = apart[1, 0] = True
+    merged, merged_counts = merge_close_centroids(centroids, counts, apart, radius=1.0)
+    np.testing.assert_array_equal(merged, centroids)
+    np.testing.assert_array_equal(merged_counts, counts)
+
+
+def test_merge_close_centroids_never_builds_a_group_containing_an_apart_pair() -> None:
+    centroids = np.array([[0.0], [0.4], [1.0]])
+    counts = np.ones(3)
+    together, together_counts = merge_close_centroids(centroids, counts, np.zeros((3, 3), dtype=bool), radius=0.9)
+    # 0 and 0.4 merge first (closest) into 0.2 with count 2; 1.0 is then 0.8 away: merged into (2*0.2 + 1)/3.
+    np.testing.assert_allclose(together, [[1.4 / 3]])
+    np.testing.assert_array_equal(together_counts, [3.0])
+    apart = np.zeros((3, 3), dtype=bool)
+    apart[0, 2] = apart[2, 0] = True
+    separate, separate_counts = merge_close_centroids(centroids, counts, apart, radius=0.9)
+    np.testing.assert_allclose(separate, [[0.2], [1.0]])
+    np.testing.assert_array_equal(separate_counts, [2.0, 1.0])
+
+
+def test_labeler_config_rejects_unknown_modes_and_non_positive_k() -> None:
+    with pytest.raises(MelaError, match="valid modes: improved, reference"):
+        LabelerConfig(mode="kmeans")
+    with pytest.raises(MelaError, match="K"):
+        LabelerConfig(K=0)
