@@ -114,8 +114,10 @@ class TaskSource:
         self.split, self.shape, self.seed = split, shape, seed
         self.no_replacement, self.fixed_db, self.train_db_size = no_replacement, fixed_db, train_db_size
         self.class_items = items_by_class(split)
-        sizes = np.array([sum(len(v) for v in g.values()) for g in self.class_items], dtype=float)
-        self.group_weights = sizes / sizes.sum()
+        # Random tasks come from groups that can form one, in proportion to their size.
+        sizes = np.array([sum(len(v) for v in g.values()) if len(_eligible(g, shape.per_class)) >= shape.n_ways
+                          else 0 for g in self.class_items], dtype=float)
+        self.group_weights = sizes / sizes.sum() if sizes.sum() else np.full(len(sizes), 1.0 / max(len(sizes), 1))
         self._pile: np.ndarray | None = None
         if no_replacement:
             rng = np.random.default_rng([seed, 0x6F5])
@@ -159,8 +161,12 @@ def evaluation_tasks(split: ImageSplit, shape: TaskShape, n_tasks: int) -> list[
     """
     result = []
     for group, class_items in enumerate(items_by_class(split)):
+        if len(_eligible(class_items, shape.per_class)) < shape.n_ways:
+            continue  # e.g. h_aircraft's manufacturer level may have fewer test classes than n_ways
         tasks = np.stack([draw_task(class_items, shape, np.random.default_rng(i)) for i in range(n_tasks)])
         result.append((split.group_names[group] if group < len(split.group_names) else str(group), tasks))
+    if not result:
+        draw_task(items_by_class(split)[0] if split.n_items else {}, shape, np.random.default_rng(0))
     return result
 
 
