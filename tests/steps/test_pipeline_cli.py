@@ -13,7 +13,7 @@ from mela.data import glyphs
 FAST = ["learn_meta_repr.epochs=1", "learn_meta_repr.lr_decay_epochs=1", "learn_labeler.epochs=1",
         "learn_labeler.lr_decay_epochs=1", "learn_labeler.K=40", "sup_baseline.epochs=1",
         "sup_baseline.lr_decay_epochs=1", "fine_tune.epochs=1", "n_queries=2", "val_db_size=10",
-        "test_db_size=20", "meta_eval.n_queries=5"]
+        "test_db_size=20", "meta_eval.n_queries=5", "n_ways=4"]
 
 
 def write_glyph_slice(folder: Path, n_classes: int = 20, designs: int = 16) -> tuple[Path, Path]:
@@ -40,9 +40,10 @@ def test_the_pipeline_runs_end_to_end_from_the_cli_and_resumes(tmp_path, workspa
     assert {(r["model"], r["shots"]) for r in results["rows"]} == {
         (m, k) for m in ("meta_repr", "mela", "mela_finetune", "oracle") for k in (1, 5)}
     assert all(set(r) == {"model", "shots", "acc", "ci"} for r in results["rows"])
-    assert all(20.0 < r["acc"] <= 100.0 for r in results["rows"])  # 5-way chance is 20 %
+    assert all(25.0 < r["acc"] <= 100.0 for r in results["rows"])  # 4-way chance is 25 %
     labeler = results["labeler"]
-    assert labeler["true_classes"] == 12
+    assert 8 <= labeler["true_classes"] <= 12  # classes that made it into the no-replacement task pile
+    assert labeler["tasks_kept"] > 0 and 0.0 < labeler["clustering_accuracy"] <= 1.0
     assert {"clusters", "true_classes", "clustering_accuracy", "tasks_kept"} <= set(labeler)
     assert any(line.startswith("oracle") for line in out)
 

@@ -36,6 +36,8 @@ def step_config(cfg: DictConfig, step: str, run_name: str, extra: dict | None = 
     """The step's own config, overlaid with the pipeline's shared keys and its section."""
     base = compose_config(step)
     shared = {k: cfg[k] for k in SHARED if k in base}
+    if "val_n_ways" in base:
+        shared["val_n_ways"] = cfg.n_ways
     if step == "learn_labeler":
         shared.update(label_recovery_model=cfg.model, train_model=cfg.model)
     elif "model" in base:
