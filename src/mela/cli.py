@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(available_models()))
             return 0
-        raise MelaError(f"unknown command '{command}'; valid commands: {', '.join([*STEP_COMMANDS, 'data', 'workspace', 'models'])}")
+        valid = ", ".join([*STEP_COMMANDS, "data", "workspace", "models"])
+        raise MelaError(f"unknown command '{command}'; valid commands: {valid}")
     except MelaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -52,7 +52,8 @@ def test_labeler_then_meta_eval_find_earlier_runs_by_name_and_latest(synthetic_d
     assert report["tasks_kept"] == report["tasks_total"] > 0
     assert 0.0 <= report["clustering_accuracy"] <= 1.0
     centroids = np.load(saves_dir(workspace) / "learn_labeler" / "lab" / "centroids.npz")["centroids"]
-    assert centroids.shape == (report["clusters"], 64)
+    # Every cluster that labels a task is a centroid; a centroid may end up labelling nothing.
+    assert centroids.shape[1] == 64 and centroids.shape[0] == report["centroids"] >= report["clusters"]
     evaluation = meta_eval.run(tiny_config("meta_eval", synthetic_dataset, "pretrained_model=latest",
                                            "from_step=learn_labeler", "run_name=ev"))
     assert evaluation["model"].endswith("learn_labeler/lab/model.pt")

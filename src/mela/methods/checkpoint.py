@@ -30,7 +30,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
-        raise MelaError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it and rerun the step") from exc
+        raise MelaError(f"checkpoint {path} is unreadable ({type(exc).__name__}); delete it and rerun the step") \
+            from exc
 
 
 def model_payload(model: FeatureModel, **extra: object) -> dict:

@@ -120,7 +120,7 @@ def _newton_multinomial(
     # on that block keeps the Newton system non-singular without moving the optimum's predictions.
     damping = 1e-10 + (1.0 - penalty).repeat(1, c).reshape(-1) * 1e-8
     value = _objective(z, y, theta, C, penalty)
-    for iteration in range(max_iter):
+    for _ in range(max_iter):
         prob = torch.softmax(z @ theta, -1)  # (B, n, c)
         grad = C * z.transpose(-1, -2) @ (prob - y) + theta * penalty  # (B, p, c)
         # Hessian of the cross-entropy: sum_i (diag(p_i) - p_i p_iᵀ) ⊗ z_i z_iᵀ, laid out (p, c) x (p, c).

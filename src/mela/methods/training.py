@@ -137,7 +137,8 @@ class Trainer:
             if any(not math.isfinite(v) for v in metrics.values()):
                 raise MelaError(f"training diverged at epoch {epoch + 1} ({metrics}); lower learning_rate")
             record = {"epoch": epoch + 1, "lr": lr, **metrics}
-            if self.validate is not None and (epoch + 1 >= self.settings.first_decay or epoch + 1 == self.settings.epochs):
+            validating = epoch + 1 >= self.settings.first_decay or epoch + 1 == self.settings.epochs
+            if self.validate is not None and validating:
                 scores = self.validate()
                 for key, acc in scores.items():
                     record[f"val_{key}"] = acc

@@ -58,17 +58,14 @@ class RunContext:
 
 
 def _make_logger(step: str, run_dir: Path) -> logging.Logger:
-    logger = logging.getLogger(f"mela.{step}.{run_dir.name}.{id(run_dir)}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    formatter = logging.Formatter("%(asctime)s %(name)s | %(message)s", "%H:%M:%S")
+    """A logger private to this run (not registered globally): the run's log.txt plus the console."""
+    logger = logging.Logger(f"mela.{step}", logging.INFO)
     file_handler = logging.FileHandler(run_dir / "log.txt")
-    file_handler.setFormatter(formatter)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s | %(message)s", "%Y-%m-%d %H:%M:%S"))
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter(f"[{step}] %(message)s"))
     logger.addHandler(file_handler)
     logger.addHandler(console)
-    logger.name = f"mela.{step}"
     return logger
 
 

@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> dict:
     assigned = label_tasks(keys, centroids, labeler_config.mode)
     true_classes = train.labels[tasks[:, :, 0]]
     report = clustering_report(assigned, true_classes)
-    report.update(passes=passes, mode=labeler_config.mode, K_initial=labeler_config.K,
+    report.update(centroids=len(centroids), passes=passes, mode=labeler_config.mode, K_initial=labeler_config.K,
                   same_class_key_distance=key_distance)
     (ctx.run_dir / "labeler_report.json").write_text(json.dumps(report, indent=1))
     ctx.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "

@@ -27,8 +27,8 @@ def train_episodic(ctx: common.RunContext, cfg: DictConfig, model, spec, train, 
     shape = TaskShape(int(cfg.n_ways), int(cfg.n_shots), int(cfg.n_queries))
     source = TaskSource(train, shape, bool(cfg.no_replacement), bool(cfg.fixed_db), int(cfg.train_db_size),
                         int(cfg.seed))
-    ctx.log(f"{len(source)} training tasks per epoch ({'fixed pile, no replacement' if cfg.no_replacement else 'drawn'})"
-            f", {train.n_classes} classes, {train.n_items} images")
+    how = "fixed pile, no replacement" if cfg.no_replacement else "drawn"
+    ctx.log(f"{len(source)} training tasks per epoch ({how}), {train.n_classes} classes, {train.n_items} images")
     model.to(ctx.device)
     trainer = Trainer(ctx.run_dir, model, model, common.optim_settings(cfg),
                       common.validator(ctx, model, val, spec, cfg), ctx.log, metadata)
