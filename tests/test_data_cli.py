@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 import pickle
@@ -15,21 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-def _allow_registry_without_glyphs() -> None:
-    """The registry imports ``mela.data.glyphs``; while that module is still being written, stand in an empty one."""
-    try:
-        importlib.import_module("mela.data.glyphs")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mela.data.glyphs":
-            raise
-        sys.modules["mela.data.glyphs"] = types.ModuleType("mela.data.glyphs")
-
-
-_allow_registry_without_glyphs()
-
-from mela import data_cli  # noqa: E402
-from mela.converters import archives  # noqa: E402
+from mela import data_cli
+from mela.converters import archives
 
 
 def _dump(path: Path, blob: object) -> None:

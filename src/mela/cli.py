@@ -50,6 +50,15 @@ def step_runner(name: str) -> Callable[[DictConfig], dict]:
     return importlib.import_module(f"mela.steps.{name}").run
 
 
+def _settings_text(config_name: str) -> str:
+    """The config file as users should read it: comments and settings, without Hydra's own block."""
+    lines = resources.files("mela.conf").joinpath(f"{config_name}.yaml").read_text().splitlines()
+    header = [line for line in lines[: next(i for i, line in enumerate(lines) if line.startswith("hydra:"))]]
+    body_start = next(i for i, line in enumerate(lines) if line and not line.startswith(("#", " ", "hydra:",
+                                                                                         "defaults:")))
+    return "\n".join(header + [""] + lines[body_start:])
+
+
 def _run_step(name: str, args: list[str]) -> int:
     from mela.config import compose_config
 
@@ -61,10 +70,8 @@ def _run_step(name: str, args: list[str]) -> int:
         config_name = args[i + 1]
         args = args[:i] + args[i + 2:]
     if "--help" in args or "-h" in args:
-        text = resources.files("mela.conf").joinpath(f"{config_name}.yaml").read_text()
-        print(f"mela {name.replace('_', '-')} [key=value ...]; the defaults:\n")
-        print("\n".join(line for line in text.splitlines() if not line.startswith(("hydra:", "  ", "defaults"))
-                        or not line.startswith(("  output_subdir", "  run:", "    dir", "  - "))))
+        print(f"mela {name.replace('_', '-')} [key=value ...] [--cfg]; the defaults:\n")
+        print(_settings_text(config_name))
         return 0
     show_only = "--cfg" in args
     overrides = [a for a in args if a != "--cfg"]
@@ -116,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except MelaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `mela ... --help | head`
+        return 0
     except KeyboardInterrupt:
         print("interrupted: rerun the same command with the same run_name to resume from the last epoch",
               file=sys.stderr)

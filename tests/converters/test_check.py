@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-
-def _allow_registry_without_glyphs() -> None:
-    """The registry imports ``mela.data.glyphs``; while that module is still being written, stand in an empty one."""
-    try:
-        importlib.import_module("mela.data.glyphs")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mela.data.glyphs":
-            raise
-        sys.modules["mela.data.glyphs"] = types.ModuleType("mela.data.glyphs")
-
-
-_allow_registry_without_glyphs()
-
-from mela.converters.check import CORRUPT, MISSING, PRESENT, check_workspace, format_reports  # noqa: E402
-from mela.data import registry  # noqa: E402
-from mela.data.base import DatasetSpec, ImageSplit  # noqa: E402
+from mela.converters.check import CORRUPT, MISSING, PRESENT, check_workspace, format_reports
+from mela.data import registry
+from mela.data.base import DatasetSpec, ImageSplit
 
 
 def write_mini(data_dir: Path) -> None:

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mela.data import seed_datasets
+from mela.data.registry import get_dataset_spec, load_split
 from mela.errors import MelaError
-
-
-def _allow_registry_without_glyphs() -> None:
-    """The registry imports ``mela.data.glyphs``; while that module is still being written, stand in an empty one."""
-    try:
-        importlib.import_module("mela.data.glyphs")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mela.data.glyphs":
-            raise
-        sys.modules["mela.data.glyphs"] = types.ModuleType("mela.data.glyphs")
-
-
-_allow_registry_without_glyphs()
-
-from mela.data import seed_datasets  # noqa: E402
-from mela.data.registry import get_dataset_spec, load_split  # noqa: E402
 
 SEED_NAMES = ["miniImageNet", "tieredImageNet", "mini60", "tiered780", "mixed", "h_aircraft", "cifar_fs", "fc100"]
 

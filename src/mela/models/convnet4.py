@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mela.errors import MelaError
-from mela.models.registry import check_images, register_model
+from mela.models.registry import check_images, init_conv_bn, register_model
 
 
 class ConvNet4(nn.Module):
@@ -31,12 +31,7 @@ class ConvNet4(nn.Module):
         self.features = nn.Sequential(*layers)
         # Four 2x2 max-pools: a 16x16 input reaches 1x1.
         self.min_size = 16
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, "convnet4", self.in_channels, self.min_size)

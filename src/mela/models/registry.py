@@ -106,3 +106,13 @@ def check_images(x: torch.Tensor, model_name: str, in_channels: int, min_size: i
         raise MelaError(
             f"input {height}x{width} is too small for {model_name}: it needs at least {min_size}x{min_size}"
         )
+
+
+def init_conv_bn(model: nn.Module, nonlinearity: str = "relu") -> None:
+    """The standard initialisation every backbone uses: Kaiming (fan-out) convolutions, BatchNorm at identity."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity=nonlinearity)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

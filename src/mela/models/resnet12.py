@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mela.errors import MelaError
-from mela.models.registry import check_images, register_model
+from mela.models.registry import check_images, init_conv_bn, register_model
 
 
 class DropBlock(nn.Module):
@@ -140,22 +140,13 @@ class ResNet12(nn.Module):
         self.feat_dim = previous
         # One 2x2 max-pool per stage: a 2**stages input reaches 1x1, anything smaller reaches 0.
         self.min_size = 2 ** len(channels)
-        _init_weights(self)
+        init_conv_bn(self, "leaky_relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.name, self.in_channels, self.min_size)
         out = self.stages(x)
         return out.mean(dim=(2, 3)) if self.avg_pool else out.amax(dim=(2, 3))
 
-
-def _init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convolutions and unit/zero BatchNorm, as the RFS ResNet-12 does."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="leaky_relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 @register_model("resnet12")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mela.errors import MelaError
-from mela.models.registry import check_images, register_model
+from mela.models.registry import check_images, init_conv_bn, register_model
 
 
 class WideBlock(nn.Module):
@@ -62,12 +62,7 @@ class WideResNet(nn.Module):
         self.feat_dim = previous
         # Padded stride-2 convolutions never shrink a map below 1x1.
         self.min_size = 1
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.name, self.in_channels, self.min_size)

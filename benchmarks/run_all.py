@@ -1,0 +1,18 @@
+"""Run every self-contained benchmark (each writes its JSON under benchmarks/results/).
+
+labeler_modes.py needs a trained learn_meta_repr model and is run by hand (see its docstring).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+SCRIPTS = ["eval_heads.py", "glyph_pixel_baseline.py"]
+
+if __name__ == "__main__":
+    for script in SCRIPTS:
+        print(f"== {script}", flush=True)
+        subprocess.run([sys.executable, str(HERE / script)], check=True)
