@@ -21,16 +21,36 @@ def _one_line(exc: Exception) -> str:
 
 def compose_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     """The resolved config ``name`` with ``key=value`` overrides; bad overrides are one-line errors."""
+    overrides = list(overrides or [])
+    command = f"mela {name.replace('_', '-')}"
+    if name.startswith("pipeline"):
+        overrides = [_add_to_step_section(o, default_config(name)) for o in overrides]
+        command = f"mela pipeline --config-name {name}"
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
-            cfg = compose(config_name=name, overrides=list(overrides or []))
+            cfg = compose(config_name=name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise MelaError(f"bad setting for {name}: {_one_line(exc)} (see `mela {name.replace('_', '-')} --help`)") \
-            from exc
+        raise MelaError(f"bad setting for {name}: {_one_line(exc)} (see `{command} --help`)") from exc
     cfg = strip_hydra(cfg)
     if overrides:
         check_types(default_config(name), cfg)
     return cfg
+
+
+STEP_SECTIONS = ("learn_meta_repr", "learn_labeler", "fine_tune", "sup_baseline", "meta_eval")
+
+
+def _add_to_step_section(override: str, defaults: DictConfig) -> str:
+    """``learn_meta_repr.epochs=2`` on a pipeline: a new key of a step section is added, not refused.
+
+    The step's own config checks the key when the pipeline composes that step.
+    """
+    key = override.split("=", 1)[0]
+    section, _, leaf = key.partition(".")
+    if section in STEP_SECTIONS and leaf and not override.startswith(("+", "~")):
+        if leaf not in (defaults.get(section) or {}):
+            return "+" + override
+    return override
 
 
 def default_config(name: str) -> DictConfig:
@@ -78,9 +98,11 @@ def strip_hydra(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def apply(cfg: DictConfig, values: dict) -> DictConfig:
-    """``cfg`` with ``values`` merged in; unknown keys are one-line errors."""
+def apply(cfg: DictConfig, values: dict, where: str = "") -> DictConfig:
+    """``cfg`` with ``values`` merged in; unknown keys are one-line errors (``where`` names the config)."""
     try:
         return OmegaConf.merge(cfg, values)
     except OmegaConfBaseException as exc:
-        raise MelaError(f"bad setting: {_one_line(exc)}") from exc
+        key = getattr(exc, "key", None)
+        what = f"'{key}' is not a {where} setting" if key and where else _one_line(exc)
+        raise MelaError(f"bad setting: {what} (see `mela {where.replace('_', '-')} --help`)") from exc

@@ -120,3 +120,18 @@ def test_latest_finds_the_newest_finished_run_on_the_same_data_set(tmp_path):
         common.find_model("latest", tmp_path, ("learn_labeler",), "glyphs")
     with pytest.raises(MelaError, match="neither a file, a run folder"):
         common.find_model("nope", tmp_path, ("learn_meta_repr",), None)
+
+
+def test_both_pipeline_configs_compose_every_step_and_accept_step_overrides():
+    from mela.steps.pipeline import TRAINING_STEPS, step_config
+
+    for name in ("pipeline", "pipeline_paper"):
+        cfg = compose_config(name, ["learn_meta_repr.epochs=2", "learn_labeler.K=100", "n_shots=1"])
+        for step in (*TRAINING_STEPS, "meta_eval"):
+            composed = step_config(cfg, step, "run")
+            assert composed.run_name == "run" and composed.dataset == cfg.dataset
+        assert step_config(cfg, "learn_meta_repr", "run").epochs == 2
+        assert step_config(cfg, "learn_labeler", "run").K == 100
+        assert step_config(cfg, "fine_tune", "run").n_shots == 1
+    with pytest.raises(MelaError, match="'foo' is not a learn_labeler setting"):
+        step_config(compose_config("pipeline", ["learn_labeler.foo=1"]), "learn_labeler", "run")

@@ -46,8 +46,9 @@ def step_config(cfg: DictConfig, step: str, run_name: str, extra: dict | None = 
         shared["test_db_size"] = cfg.test_db_size
     else:
         shared["test_db_size"] = cfg.val_db_size
-    section = OmegaConf.to_container(cfg.get(step) or {}, resolve=True)
-    return apply(base, {**shared, **section, "run_name": run_name, **(extra or {})})
+    section = cfg.get(step)
+    section = {} if section is None else OmegaConf.to_container(section, resolve=True)
+    return apply(base, {**shared, **section, "run_name": run_name, **(extra or {})}, step)
 
 
 def _finished(root: Path, step: str, run_name: str) -> dict | None:
