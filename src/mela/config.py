@@ -47,9 +47,9 @@ def _add_to_step_section(override: str, defaults: DictConfig) -> str:
     """
     key = override.split("=", 1)[0]
     section, _, leaf = key.partition(".")
-    if section in STEP_SECTIONS and leaf and not override.startswith(("+", "~")):
-        if leaf not in (defaults.get(section) or {}):
-            return "+" + override
+    known = defaults.get(section) or {}
+    if section in STEP_SECTIONS and leaf and not override.startswith(("+", "~")) and leaf not in known:
+        return "+" + override
     return override
 
 
