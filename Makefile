@@ -33,7 +33,7 @@ demo: $(VENV)/.installed
 	$(MELA) pipeline
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks tools *.py

@@ -115,20 +115,20 @@ def _newton_multinomial(
     if not penalise_last:
         penalty[-1] = 0.0
     theta = torch.zeros(batch, p, c, dtype=z.dtype, device=z.device)
-    eye = torch.eye(p * c, dtype=z.dtype, device=z.device)
     # Softmax is invariant to shifting all classes' unpenalised bias: a tiny ridge
     # on that block keeps the Newton system non-singular without moving the optimum's predictions.
-    damping = 1e-10 + (1.0 - penalty).repeat(1, c).reshape(-1) * 1e-8
+    diagonal = (penalty + 1e-10 + (1.0 - penalty) * 1e-8).repeat(1, c).reshape(-1)
     value = _objective(z, y, theta, C, penalty)
     for _ in range(max_iter):
         prob = torch.softmax(z @ theta, -1)  # (B, n, c)
         grad = C * z.transpose(-1, -2) @ (prob - y) + theta * penalty  # (B, p, c)
-        # Hessian of the cross-entropy: sum_i (diag(p_i) - p_i p_iᵀ) ⊗ z_i z_iᵀ, laid out (p, c) x (p, c).
-        w = torch.diag_embed(prob) - prob.unsqueeze(-1) * prob.unsqueeze(-2)  # (B, n, c, c)
-        zw = (z.unsqueeze(-1).unsqueeze(-1) * w.unsqueeze(2)).flatten(2)  # (B, n, p*c*c)
-        hess = (zw.transpose(-1, -2) @ z).view(batch, p, c, c, p).permute(0, 1, 2, 4, 3)
-        hess = C * hess.reshape(batch, p * c, p * c)
-        hess = hess + torch.diag_embed(penalty.repeat(1, c).reshape(-1).expand(batch, -1)) + eye * damping
+        # Hessian of the cross-entropy, sum_i (diag(p_i) - p_i p_iᵀ) ⊗ z_i z_iᵀ, laid out (p, c) x (p, c):
+        # minus Uᵀ U with u_i = z_i ⊗ p_i, plus the block-diagonal sum_i p_ik z_i z_iᵀ on each class k.
+        u = (z.unsqueeze(-1) * prob.unsqueeze(-2)).reshape(batch, -1, p * c)
+        hess = -(u.transpose(-1, -2) @ u)
+        per_class = (z.unsqueeze(1) * prob.transpose(-1, -2).unsqueeze(-1)).transpose(-1, -2) @ z.unsqueeze(1)
+        hess.view(batch, p, c, p, c).diagonal(dim1=2, dim2=4).add_(per_class.permute(0, 2, 3, 1))
+        hess.mul_(C).diagonal(dim1=-2, dim2=-1).add_(diagonal)
         step = torch.linalg.solve(hess, grad.reshape(batch, p * c, 1)).reshape(batch, p, c)
         # Backtracking line search per task: halve until the objective does not increase.
         scale = torch.ones(batch, 1, 1, dtype=z.dtype, device=z.device)
