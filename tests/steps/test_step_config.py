@@ -135,3 +135,9 @@ def test_both_pipeline_configs_compose_every_step_and_accept_step_overrides():
         assert step_config(cfg, "fine_tune", "run").n_shots == 1
     with pytest.raises(MelaError, match="'foo' is not a learn_labeler setting"):
         step_config(compose_config("pipeline", ["learn_labeler.foo=1"]), "learn_labeler", "run")
+
+
+def test_a_model_selection_shot_count_that_is_never_validated_is_refused(synthetic_dataset, workspace, capsys):
+    code, err = run_cli(["learn-meta-repr", f"dataset={synthetic_dataset}", "model=convnet4", "val_shots=[1]",
+                         "val_n_shots=5"], capsys)
+    assert code == 2 and "val_n_shots=5 picks the model by a validation that does not run" in err[-1]

@@ -73,8 +73,19 @@ def default_run_name(cfg: DictConfig, model_name: str) -> str:
     return f"{cfg.dataset}_{model_name}_trial{cfg.trial}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse settings that contradict each other, before anything is loaded or trained."""
+    if "val_shots" in cfg and "val_n_shots" in cfg and int(cfg.val_n_shots) not in [int(k) for k in cfg.val_shots]:
+        raise MelaError(f"val_n_shots={cfg.val_n_shots} picks the model by a validation that does not run: "
+                        f"add it to val_shots (now {list(cfg.val_shots)})")
+    for key in ("n_ways", "val_n_ways"):
+        if key in cfg and int(cfg[key]) < 2:
+            raise MelaError(f"{key} must be at least 2, got {cfg[key]}")
+
+
 def start_run(cfg: DictConfig, step: str, model_name: str) -> RunContext:
     """Check the config, create the run folder (or reopen it to resume), save the resolved config, log."""
+    check_settings(cfg)
     root = workspace_root(cfg.get("workspace"))
     init_workspace(root)
     device = pick_device(str(cfg.get("device", "auto")))
