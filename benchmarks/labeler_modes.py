@@ -19,7 +19,6 @@ from mela.data.registry import get_dataset_spec, load_split
 from mela.device import pick_device
 from mela.errors import MelaError
 from mela.methods.checkpoint import load_feature_model
-from mela.methods.evaluator import extract_features
 from mela.methods.labeler import (
     LabelerConfig,
     clustering_report,
@@ -28,7 +27,7 @@ from mela.methods.labeler import (
     same_class_key_distance,
     task_keys,
 )
-from mela.steps.learn_labeler import labeling_tasks
+from mela.steps.learn_labeler import labeling_tasks, pile_features
 
 RESULTS = Path(__file__).parent / "results" / "labeler_modes.json"
 
@@ -48,8 +47,7 @@ def main() -> None:
     spec = get_dataset_spec(args.dataset)
     train = load_split(args.dataset, "train", Path("."))
     tasks = labeling_tasks(train, cfg)
-    features = extract_features(model, train.images, spec.mean, spec.std, device).numpy()
-    item_features = features[train.item_images()][tasks]
+    item_features = pile_features(model, train, tasks, spec, device)
     keys, true = task_keys(item_features), train.labels[tasks[:, :, 0]]
     distance = same_class_key_distance(item_features)
     rows = []

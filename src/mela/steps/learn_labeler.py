@@ -35,6 +35,12 @@ def labeling_tasks(train: ImageSplit, cfg: DictConfig) -> np.ndarray:
     return source.pile() if cfg.no_replacement else source.epoch_tasks(0)
 
 
+def pile_features(model, train: ImageSplit, tasks: np.ndarray, spec, device) -> np.ndarray:
+    """(T, n_ways, per_class, d) features of the pile's images, without augmentation."""
+    features = extract_features(model, train.images, spec.mean, spec.std, device).numpy()
+    return features[train.item_images()][tasks]
+
+
 def load_centroids(ref: object, root: Path) -> np.ndarray | None:
     if ref in (None, False, "", "false", "null"):
         return None
@@ -76,8 +82,7 @@ def run(cfg: DictConfig) -> dict:
         raise MelaError(f"label_recovery_model={cfg.label_recovery_model} but {labeler_path} holds a "
                         f"{payload['spec']['backbone']}; set label_recovery_model={payload['spec']['backbone']}")
     ctx.log(f"labelling {len(tasks)} tasks with {labeler_path}")
-    features = extract_features(labeler_model, train.images, spec.mean, spec.std, ctx.device).numpy()
-    item_features = features[train.item_images()][tasks]  # (T, n_ways, per_class, d)
+    item_features = pile_features(labeler_model, train, tasks, spec, ctx.device)
     keys = task_keys(item_features)
     key_distance = same_class_key_distance(item_features) if labeler_config.mode == "improved" else None
     centroids = load_centroids(cfg.pretrained_centroids, ctx.workspace)
