@@ -4,7 +4,8 @@ Takes a finished learn_meta_repr run (its model.pt), computes the task keys of t
 data set's training pile exactly as learn_labeler does, clusters them with both
 modes and several K, and writes benchmarks/results/labeler_modes.json.
 
-    python benchmarks/labeler_modes.py --model $WORKSPACE/checkpoint/label_learn/saves/learn_meta_repr/<run>
+    python benchmarks/labeler_modes.py n_queries=5 --K 200 400 1000 \
+        --model $WORKSPACE/checkpoint/label_learn/saves/learn_meta_repr/<run>
 """
 
 from __future__ import annotations
