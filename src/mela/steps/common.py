@@ -95,7 +95,7 @@ def start_run(cfg: DictConfig, step: str, model_name: str) -> RunContext:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     ctx = RunContext(step, cfg, root, device, run_dir, _make_logger(step, run_dir))
-    ctx.log(f"run folder {run_dir} on {device}")
+    ctx.log(f"run folder {run_dir} on {device} (if interrupted, rerun with run_name={run_name} to resume)")
     return ctx
 
 
