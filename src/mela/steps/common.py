@@ -52,10 +52,6 @@ class RunContext:
     def log(self, message: str) -> None:
         self.logger.info(message)
 
-    @property
-    def resumed(self) -> bool:
-        return (self.run_dir / "last.pt").exists()
-
 
 def _make_logger(step: str, run_dir: Path) -> logging.Logger:
     """A logger private to this run (not registered globally): the run's log.txt plus the console."""
