@@ -109,3 +109,17 @@ def test_evaluate_features_with_the_logistic_head_separates_the_clean_group() ->
     split, features = _two_group_split(2)
     result = evaluate_features(features, split, TaskShape(3, 1, 2), 5, lambda: LogisticRegressionHead(C=1.0))
     assert result.per_group["a"].acc == 100.0
+
+
+def test_eval_protocol_builds_the_named_head_with_its_options_and_rejects_unknown_names():
+    from mela.errors import MelaError
+    from mela.methods.evaluator import EvalProtocol
+    from mela.methods.heads import LogisticRegressionHead, PrototypeHead, RidgeHead
+
+    logistic = EvalProtocol(C=0.5, use_bias=False).head_factory()()
+    assert isinstance(logistic, LogisticRegressionHead) and (logistic.C, logistic.fit_intercept) == (0.5, False)
+    assert isinstance(EvalProtocol(head="prototype").head_factory()(), PrototypeHead)
+    assert EvalProtocol(head="ridge", lam=0.1).head_factory()().lam == 0.1
+    assert isinstance(EvalProtocol(head="ridge").head_factory()(), RidgeHead)
+    with pytest.raises(MelaError, match="unknown few-shot head 'svm'"):
+        EvalProtocol(head="svm").head_factory()

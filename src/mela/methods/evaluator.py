@@ -12,7 +12,26 @@ from scipy import stats
 from mela.data.augment import normalize
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, evaluation_tasks, split_support_query
-from mela.methods.heads import FewShotHead
+from mela.methods.heads import FewShotHead, make_head
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How test-time accuracy is measured: which head, its options, and feature normalisation.
+
+    The reference's protocol is the default: L2-normalised features, multinomial
+    logistic regression with C = 1 and an intercept.
+    """
+
+    head: str = "logistic"
+    C: float = 1.0
+    use_bias: bool = True
+    lam: float = 1e-3
+    is_norm: bool = True
+
+    def head_factory(self) -> Callable[[], FewShotHead]:
+        make_head(self.head)  # an unknown name fails here, before any feature is computed
+        return lambda: make_head(self.head, C=self.C, use_bias=self.use_bias, lam=self.lam)
 
 
 @dataclass(frozen=True)
@@ -105,14 +124,15 @@ def evaluate_features(
 def evaluate_model(
     model: torch.nn.Module,
     split: ImageSplit,
-    shape: TaskShape,
+    shapes: list[TaskShape],
     n_tasks: int,
-    head_factory: Callable[[], FewShotHead],
+    protocol: EvalProtocol,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     device: torch.device,
-    is_norm: bool = True,
-) -> EvalResult:
-    """Extract the split's features with ``model`` and evaluate them."""
+) -> list[EvalResult]:
+    """Extract the split's features with ``model`` once, then evaluate every task shape on them."""
     image_features = extract_features(model, split.images, mean, std, device)
-    return evaluate_features(image_features[split.item_images()], split, shape, n_tasks, head_factory, is_norm)
+    item_features = image_features[split.item_images()]
+    return [evaluate_features(item_features, split, shape, n_tasks, protocol.head_factory(), protocol.is_norm)
+            for shape in shapes]

@@ -26,8 +26,7 @@ from mela.data.registry import get_dataset_spec, load_split
 from mela.data.samplers import TaskShape
 from mela.device import pick_device
 from mela.errors import MelaError
-from mela.methods.evaluator import EvalResult, evaluate_model
-from mela.methods.heads import make_head
+from mela.methods.evaluator import EvalProtocol, evaluate_model
 from mela.methods.training import OptimSettings, parse_decay_epochs
 from mela.models.feature_model import FeatureModel, ModelSpec
 from mela.models.registry import available_models
@@ -218,31 +217,35 @@ def publish_model(ctx: RunContext, chosen: Path) -> Path:
     return ctx.run_dir / MODEL_FILE
 
 
+def eval_protocol(cfg: DictConfig, head: str = "logistic") -> EvalProtocol:
+    """The test-time protocol the config asks for (``test_C``, ``use_bias``, ``is_norm``)."""
+    return EvalProtocol(head=head, C=float(cfg.test_C), use_bias=bool(cfg.use_bias), lam=float(cfg.get("lam", 1e-3)),
+                        is_norm=bool(cfg.is_norm))
+
+
 def validator(
-    ctx: RunContext, model: FeatureModel, val_split: ImageSplit, spec: DatasetSpec, cfg: DictConfig
+    ctx: RunContext, model: FeatureModel, val_split: ImageSplit, spec: DatasetSpec, protocol: EvalProtocol,
+    shapes: list[TaskShape], n_tasks: int,
 ) -> Callable[[], dict[str, float]]:
-    """Validation at every shot count in ``val_shots``: mean test-time accuracy on val tasks."""
-    shots = [int(s) for s in cfg.get("val_shots", [cfg.val_n_shots])]
+    """Validation: mean test-time accuracy on ``n_tasks`` val tasks of each shape, keyed ``<k>shot``."""
 
     def run() -> dict[str, float]:
-        scores = {}
-        for k in shots:
-            result = evaluate(model, val_split, spec, ctx.device, cfg, TaskShape(int(cfg.val_n_ways), k,
-                              int(cfg.n_queries)), int(cfg.test_db_size))
-            scores[f"{k}shot"] = result.overall.acc
-        return scores
+        results = evaluate_model(model, val_split, shapes, n_tasks, protocol, spec.mean, spec.std, ctx.device)
+        return {f"{shape.n_shots}shot": result.overall.acc for shape, result in zip(shapes, results, strict=True)}
 
     return run
 
 
-def evaluate(
-    model: torch.nn.Module, split: ImageSplit, spec: DatasetSpec, device: torch.device, cfg: DictConfig,
-    shape: TaskShape, n_tasks: int, head: str = "logistic",
-) -> EvalResult:
-    """The test-time protocol: features, L2 norm (``is_norm``), a head fitted per task."""
-    C, use_bias, lam = float(cfg.test_C), bool(cfg.use_bias), float(cfg.get("lam", 1e-3))
-    return evaluate_model(model, split, shape, n_tasks, lambda: make_head(head, C=C, use_bias=use_bias, lam=lam),
-                          spec.mean, spec.std, device, is_norm=bool(cfg.is_norm))
+def validation_shapes(cfg: DictConfig) -> list[TaskShape]:
+    """One val task shape per shot count in ``val_shots`` (``val_n_ways`` classes, ``n_queries`` queries)."""
+    return [TaskShape(int(cfg.val_n_ways), int(k), int(cfg.n_queries)) for k in cfg.get("val_shots",
+                                                                                         [cfg.val_n_shots])]
+
+
+def step_validator(ctx: RunContext, model: FeatureModel, val: ImageSplit, spec: DatasetSpec,
+                   cfg: DictConfig) -> Callable[[], dict[str, float]]:
+    """The validator a training step's config describes."""
+    return validator(ctx, model, val, spec, eval_protocol(cfg), validation_shapes(cfg), int(cfg.test_db_size))
 
 
 def in_channels(split: ImageSplit) -> int:

@@ -31,7 +31,7 @@ def train_episodic(ctx: common.RunContext, cfg: DictConfig, model, spec, train, 
     ctx.log(f"{len(source)} training tasks per epoch ({how}), {train.n_classes} classes, {train.n_items} images")
     model.to(ctx.device)
     trainer = Trainer(ctx.run_dir, model, model, common.optim_settings(cfg),
-                      common.validator(ctx, model, val, spec, cfg), ctx.log, metadata)
+                      common.step_validator(ctx, model, val, spec, cfg), ctx.log, metadata)
     loss = RidgeLossSettings(float(cfg.lam), bool(cfg.normalize_lam), bool(cfg.extra_reg), str(cfg.hinge_mask))
     epoch_fn = episodic_epoch(model, trainer.optimizer, source, shape, common.images_tensor(train, ctx.device),
                               train.item_images(), common.augmenter(spec, cfg, bool(cfg.data_aug)), loss, ctx.device,

@@ -9,13 +9,14 @@ from omegaconf import DictConfig
 from mela.data.samplers import TaskShape
 from mela.errors import MelaError
 from mela.methods.checkpoint import load_feature_model
+from mela.methods.evaluator import evaluate_model
 from mela.steps import common
 
 
 def run(cfg: DictConfig) -> dict:
     """Evaluate ``pretrained_model`` on ``split`` and write ``results.json`` in the run folder."""
-    if cfg.head not in ("logistic", "ridge", "prototype"):
-        raise MelaError(f"unknown few-shot head '{cfg.head}'; valid names: logistic, prototype, ridge")
+    protocol = common.eval_protocol(cfg, str(cfg.head))
+    protocol.head_factory()  # an unknown head fails before anything loads
     producers = (cfg.from_step,) if cfg.get("from_step") else ("fine_tune", "learn_labeler", "sup_baseline",
                                                                "learn_meta_repr")
     spec = common.dataset_spec(cfg)
@@ -29,9 +30,10 @@ def run(cfg: DictConfig) -> dict:
     common.check_feat_dim(cfg.feat_dim, model, payload["spec"]["backbone"])
     split = common.load_data(cfg, spec, str(cfg.split), ctx.workspace)
     rows = []
-    for k in cfg.shots:
-        shape = TaskShape(int(cfg.n_ways), int(k), int(cfg.n_queries))
-        result = common.evaluate(model, split, spec, ctx.device, cfg, shape, int(cfg.test_db_size), str(cfg.head))
+    shapes = [TaskShape(int(cfg.n_ways), int(k), int(cfg.n_queries)) for k in cfg.shots]
+    results = evaluate_model(model, split, shapes, int(cfg.test_db_size), protocol,
+                             spec.mean, spec.std, ctx.device)
+    for k, result in zip(cfg.shots, results, strict=True):
         rows.append({"shots": int(k), "acc": result.overall.acc, "ci": result.overall.ci,
                      "tasks": result.overall.n_tasks,
                      "per_group": {g: {"acc": a.acc, "ci": a.ci} for g, a in result.per_group.items()}})

@@ -31,7 +31,7 @@ def train_supervised(
     model.to(ctx.device)
     classifier = Classifier(model, head_sizes(n_classes, rotate_aug)).to(ctx.device)
     trainer = Trainer(ctx.run_dir, model, classifier, common.optim_settings(cfg),
-                      common.validator(ctx, model, val, spec, cfg), ctx.log, metadata)
+                      common.step_validator(ctx, model, val, spec, cfg), ctx.log, metadata)
     ctx.log(f"supervised training on {len(item_images)} images, {n_classes} classes per head, "
             f"data_aug={data_aug} rotate_aug={rotate_aug}")
     epoch_fn = supervised_epoch(classifier, trainer.optimizer, common.images_tensor(images_split, ctx.device),
