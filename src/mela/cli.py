@@ -14,6 +14,7 @@ from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf
 
+from mela.device import keep_freed_memory
 from mela.errors import MelaError
 
 STEP_COMMANDS = {
@@ -100,6 +101,8 @@ def _workspace(args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mela`` console command; errors print one line and exit 2."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # a real process, not a test calling main(): tune it once
+        keep_freed_memory()
     try:
         if not args or args[0] in ("-h", "--help", "help"):
             print(USAGE)
@@ -138,6 +141,7 @@ def hydra_entry(name: str) -> None:
     """
     import hydra
 
+    keep_freed_memory()
     from mela.config import check_types, compose_config, default_config, strip_hydra
 
     try:  # validate the overrides first, so a typo is one line rather than Hydra's report

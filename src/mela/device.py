@@ -17,3 +17,25 @@ def pick_device(requested: str = "auto") -> torch.device:
         return torch.device(requested)
     except RuntimeError as exc:
         raise MelaError(f"unknown device '{requested}': use auto, cpu, cuda or cuda:N") from exc
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS after every batch.
+
+    Training frees and re-allocates the same large activation buffers at every step;
+    by default glibc unmaps them and the next step page-faults them back in. On a
+    2-core CPU that costs about 30 % of an epoch's wall time (measured: a convnet4
+    glyph epoch went from 17.5 s to 12.5 s, system time from 10 s to 0.2 s). Called
+    once by the command-line entry points; a no-op where glibc's mallopt is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    return all(mallopt(option, value) == 1 for option, value in (
+        (m_trim_threshold, 1 << 30), (m_top_pad, 256 << 20), (m_mmap_threshold, 32 << 20)))
