@@ -1,4 +1,4 @@
-"""Pick the compute device once, so no code calls ``.cuda()`` on its own."""
+"""Pick the compute device once, so no code moves tensors to the GPU on its own."""
 
 from __future__ import annotations
 
