@@ -75,6 +75,7 @@ def test_every_seed_data_set_name_reports_missing_files_clearly(dataset, workspa
     last = err[-1]
     assert last.startswith(f"error: data set '{dataset}' not found:")
     assert "make download_all" in last or "mela data" in last
+    assert not (saves_dir(workspace) / "learn_meta_repr").exists()  # a failed start leaves no empty run folder
 
 
 def test_unknown_model_and_data_set_names_list_the_valid_ones(workspace, capsys):

@@ -78,7 +78,7 @@ def check_settings(cfg: DictConfig) -> None:
             raise MelaError(f"{key} must be at least 2, got {cfg[key]}")
 
 
-def start_run(cfg: DictConfig, step: str, model_name: str) -> RunContext:
+def start_run(cfg: DictConfig, step: str, model_name: str, resumable: bool = True) -> RunContext:
     """Check the config, create the run folder (or reopen it to resume), save the resolved config, log."""
     check_settings(cfg)
     root = workspace_root(cfg.get("workspace"))
@@ -90,7 +90,8 @@ def start_run(cfg: DictConfig, step: str, model_name: str) -> RunContext:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     ctx = RunContext(step, cfg, root, device, run_dir, _make_logger(step, run_dir))
-    ctx.log(f"run folder {run_dir} on {device} (if interrupted, rerun with run_name={run_name} to resume)")
+    hint = f" (if interrupted, rerun with run_name={run_name} to resume)" if resumable else ""
+    ctx.log(f"run folder {run_dir} on {device}{hint}")
     return ctx
 
 
@@ -131,6 +132,19 @@ def build_model(name: str, in_channels: int, feat_dim: int | None, residual_mlp:
     kwargs = {"in_channels": in_channels}
     model = FeatureModel(ModelSpec(name, kwargs, residual_mlp))
     check_feat_dim(feat_dim, model, name)
+    return model
+
+
+def initial_model(start: Path | None, name: str, in_channels: int, feat_dim: int | None,
+                  ctx: RunContext) -> FeatureModel:
+    """The model a training step starts from: a saved one (``pretrained_model``) or a fresh ``name``."""
+    if start is None:
+        return build_model(name, in_channels, feat_dim)
+    from mela.methods.checkpoint import load_feature_model
+
+    model, _ = load_feature_model(start, ctx.device)
+    ctx.log(f"starting from {start}")
+    check_feat_dim(feat_dim, model, model.spec.backbone)
     return model
 
 

@@ -24,6 +24,7 @@ from mela.methods.labeler import (
 )
 from mela.steps import common
 from mela.steps.sup_baseline import train_supervised
+from mela.workspace import workspace_root
 
 CENTROIDS_FILE = "centroids.npz"
 
@@ -70,13 +71,15 @@ def run(cfg: DictConfig) -> dict:
                                    max_passes=int(cfg.max_passes), spawn_factor=float(cfg.spawn_factor),
                                    merge_factor=float(cfg.merge_factor))
     spec = common.dataset_spec(cfg)
-    ctx = common.start_run(cfg, "learn_labeler", cfg.train_model)
-    train = common.load_data(cfg, spec, "train", ctx.workspace)
-    val = common.load_data(cfg, spec, "val", ctx.workspace)
-    tasks = labeling_tasks(train, cfg)
-    labeler_path = common.find_model(cfg.pretrained_labeler, ctx.workspace, ("learn_meta_repr",), str(cfg.dataset))
+    root = workspace_root(cfg.get("workspace"))
+    labeler_path = common.find_model(cfg.pretrained_labeler, root, ("learn_meta_repr",), str(cfg.dataset))
     if labeler_path is None:
         raise MelaError("learn_labeler needs the learn_meta_repr model: set pretrained_labeler=latest, a run or a file")
+    start = common.find_model(cfg.pretrained_model, root, common.STEPS, None)
+    train = common.load_data(cfg, spec, "train", root)
+    val = common.load_data(cfg, spec, "val", root)
+    ctx = common.start_run(cfg, "learn_labeler", cfg.train_model)
+    tasks = labeling_tasks(train, cfg)
     labeler_model, payload = load_feature_model(labeler_path, ctx.device)
     if payload["spec"]["backbone"] != cfg.label_recovery_model:
         raise MelaError(f"label_recovery_model={cfg.label_recovery_model} but {labeler_path} holds a "
@@ -106,10 +109,7 @@ def run(cfg: DictConfig) -> dict:
             f"{report['clustering_accuracy']:.3f}, {report['tasks_kept']}/{report['tasks_total']} tasks kept")
     items, labels = inferred_split(tasks, assigned)
     item_images = train.item_images()[items]
-    start = common.find_model(cfg.pretrained_model, ctx.workspace, common.STEPS, None)
-    model = load_feature_model(start, ctx.device)[0] if start else common.build_model(
-        cfg.train_model, common.in_channels(train), cfg.feat_dim)
-    common.check_feat_dim(cfg.feat_dim, model, cfg.train_model)
+    model = common.initial_model(start, cfg.train_model, common.in_channels(train), cfg.feat_dim, ctx)
     result = train_supervised(ctx, cfg, spec, train, item_images, [labels], model, val, bool(cfg.sup_data_aug),
                               bool(cfg.sup_rotate_aug), {"step": "learn_labeler", "dataset": str(cfg.dataset)})
     labeler_summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "tasks_kept",

@@ -6,10 +6,10 @@ from omegaconf import DictConfig
 
 from mela.data.samplers import TaskShape, TaskSource
 from mela.errors import MelaError
-from mela.methods.checkpoint import load_feature_model
 from mela.methods.episodic import RidgeLossSettings, episodic_epoch
 from mela.methods.training import Trainer
 from mela.steps import common
+from mela.workspace import workspace_root
 
 
 def check_episodic_config(cfg: DictConfig) -> None:
@@ -48,16 +48,12 @@ def run(cfg: DictConfig) -> dict:
     check_episodic_config(cfg)
     common.check_model_name(cfg.model)
     spec = common.dataset_spec(cfg)
+    root = workspace_root(cfg.get("workspace"))
+    start = common.find_model(cfg.pretrained_model, root, common.STEPS, None)
+    train = common.load_data(cfg, spec, "train", root)
+    val = common.load_data(cfg, spec, "val", root)
     ctx = common.start_run(cfg, "learn_meta_repr", cfg.model)
-    train = common.load_data(cfg, spec, "train", ctx.workspace)
-    val = common.load_data(cfg, spec, "val", ctx.workspace)
-    start = common.find_model(cfg.pretrained_model, ctx.workspace, common.STEPS, None)
-    if start is not None:
-        model, _ = load_feature_model(start, ctx.device)
-        ctx.log(f"starting from {start}")
-    else:
-        model = common.build_model(cfg.model, common.in_channels(train), cfg.feat_dim)
-    common.check_feat_dim(cfg.feat_dim, model, cfg.model)
+    model = common.initial_model(start, cfg.model, common.in_channels(train), cfg.feat_dim, ctx)
     result = train_episodic(ctx, cfg, model, spec, train, val,
                             {"step": "learn_meta_repr", "dataset": str(cfg.dataset)})
     return common.finish_run(ctx, result)

@@ -11,6 +11,7 @@ from mela.errors import MelaError
 from mela.methods.checkpoint import load_feature_model
 from mela.methods.evaluator import evaluate_model
 from mela.steps import common
+from mela.workspace import workspace_root
 
 
 def run(cfg: DictConfig) -> dict:
@@ -20,15 +21,15 @@ def run(cfg: DictConfig) -> dict:
     producers = (cfg.from_step,) if cfg.get("from_step") else ("fine_tune", "learn_labeler", "sup_baseline",
                                                                "learn_meta_repr")
     spec = common.dataset_spec(cfg)
-    ctx = common.start_run(cfg, "meta_eval", str(cfg.model))
-    path = common.find_model(cfg.pretrained_model, ctx.workspace, producers, str(cfg.dataset))
+    path = common.find_model(cfg.pretrained_model, workspace_root(cfg.get("workspace")), producers, str(cfg.dataset))
     if path is None:
         raise MelaError("meta_eval needs a model: set pretrained_model=latest, a run name, a run folder or a file")
+    split = common.load_data(cfg, spec, str(cfg.split), workspace_root(cfg.get("workspace")))
+    ctx = common.start_run(cfg, "meta_eval", str(cfg.model), resumable=False)
     model, payload = load_feature_model(path, ctx.device)
     if payload["spec"]["backbone"] != cfg.model:
         ctx.log(f"note: model={cfg.model} but {path} holds a {payload['spec']['backbone']}; evaluating the file")
     common.check_feat_dim(cfg.feat_dim, model, payload["spec"]["backbone"])
-    split = common.load_data(cfg, spec, str(cfg.split), ctx.workspace)
     rows = []
     shapes = [TaskShape(int(cfg.n_ways), int(k), int(cfg.n_queries)) for k in cfg.shots]
     results = evaluate_model(model, split, shapes, int(cfg.test_db_size), protocol,

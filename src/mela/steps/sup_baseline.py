@@ -6,11 +6,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mela.data.base import DatasetSpec, ImageSplit
-from mela.methods.checkpoint import load_feature_model
 from mela.methods.supervised import head_sizes, supervised_epoch
 from mela.methods.training import Trainer
 from mela.models.feature_model import Classifier, FeatureModel
 from mela.steps import common
+from mela.workspace import workspace_root
 
 
 def train_supervised(
@@ -55,13 +55,12 @@ def true_label_sets(train: ImageSplit) -> tuple[np.ndarray, list[np.ndarray]]:
 def run(cfg: DictConfig) -> dict:
     common.check_model_name(cfg.model)
     spec = common.dataset_spec(cfg)
+    root = workspace_root(cfg.get("workspace"))
+    start = common.find_model(cfg.pretrained_model, root, common.STEPS, None)
+    train = common.load_data(cfg, spec, "train", root)
+    val = common.load_data(cfg, spec, "val", root)
     ctx = common.start_run(cfg, "sup_baseline", cfg.model)
-    train = common.load_data(cfg, spec, "train", ctx.workspace)
-    val = common.load_data(cfg, spec, "val", ctx.workspace)
-    start = common.find_model(cfg.pretrained_model, ctx.workspace, common.STEPS, None)
-    model = load_feature_model(start, ctx.device)[0] if start else common.build_model(
-        cfg.model, common.in_channels(train), cfg.feat_dim)
-    common.check_feat_dim(cfg.feat_dim, model, cfg.model)
+    model = common.initial_model(start, cfg.model, common.in_channels(train), cfg.feat_dim, ctx)
     item_images, label_sets = true_label_sets(train)
     result = train_supervised(ctx, cfg, spec, train, item_images, label_sets, model, val, bool(cfg.data_aug),
                               bool(cfg.rotate_aug), {"step": "sup_baseline", "dataset": str(cfg.dataset)})
