@@ -395,24 +395,18 @@ _spec(
     _DOWNLOAD_HINT.format(name="tieredImageNet"),
     "tieredImageNet: 351/97/160 ImageNet classes under 34 super-classes, 84x84",
 )
-_spec(
-    "mini60",
-    lambda d, s: load_ximagenet(d, s, "x60ImageNet"),
-    lambda d, s: ximagenet_paths(d, "x60ImageNet", s),
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    _DOWNLOAD_HINT.format(name="mini60") + ", or build it with `mela data ximagenet --name x60ImageNet ...`",
-    "mini-60: ImageNet-derived, train classes disjoint from the miniImageNet test classes, 84x84",
-)
-_spec(
-    "tiered780",
-    lambda d, s: load_ximagenet(d, s, "x780ImageNet"),
-    lambda d, s: ximagenet_paths(d, "x780ImageNet", s),
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    _DOWNLOAD_HINT.format(name="tiered780") + ", or build it with `mela data ximagenet --name x780ImageNet ...`",
-    "tiered-780: ImageNet-derived, train classes disjoint from the tieredImageNet test classes, 84x84",
-)
+# The ImageNet-derived sets differ only in their folder and which test classes they avoid.
+for _name, _folder, _avoids in (("mini60", "x60ImageNet", "miniImageNet"),
+                                ("tiered780", "x780ImageNet", "tieredImageNet")):
+    _spec(
+        _name,
+        lambda d, s, folder=_folder: load_ximagenet(d, s, folder),
+        lambda d, s, folder=_folder: ximagenet_paths(d, folder, s),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _DOWNLOAD_HINT.format(name=_name) + f", or build it with `mela data ximagenet --name {_folder} ...`",
+        f"{_name}: ImageNet-derived, train classes disjoint from the {_avoids} test classes, 84x84",
+    )
 _spec(
     "mixed",
     load_mixed,

@@ -59,11 +59,16 @@ def available_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **kwargs: object) -> nn.Module:
-    """Build model ``name``; unknown names and unknown or missing options raise :class:`MelaError`."""
+def check_model_name(name: str) -> None:
+    """Fail, listing the valid names, if no model is registered as ``name`` (without building anything)."""
     _ensure_builtins()
     if name not in _MODELS:
         raise MelaError(f"unknown model '{name}'; valid names: {', '.join(sorted(_MODELS))}")
+
+
+def create_model(name: str, **kwargs: object) -> nn.Module:
+    """Build model ``name``; unknown names and unknown or missing options raise :class:`MelaError`."""
+    check_model_name(name)
     factory = _MODELS[name]
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

@@ -29,7 +29,6 @@ from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_model
 from mela.methods.training import OptimSettings, parse_decay_epochs
 from mela.models.feature_model import FeatureModel, ModelSpec
-from mela.models.registry import available_models
 from mela.workspace import data_dir, init_workspace, saves_dir, workspace_root
 
 STEPS = ("learn_meta_repr", "learn_labeler", "fine_tune", "meta_eval", "sup_baseline")
@@ -152,12 +151,6 @@ def check_feat_dim(feat_dim: int | None, model: FeatureModel, name: str) -> None
     if feat_dim not in (None, "null") and int(feat_dim) != model.feat_dim:
         raise MelaError(f"feat_dim={feat_dim} contradicts model {name}, whose features have {model.feat_dim} "
                         f"dimensions; drop feat_dim or set it to {model.feat_dim}")
-
-
-def check_model_name(name: str) -> None:
-    """Fail before any data loads if the architecture name is unknown (the error lists valid names)."""
-    if name not in available_models():
-        raise MelaError(f"unknown model '{name}'; valid names: {', '.join(available_models())}")
 
 
 def optim_settings(cfg: DictConfig) -> OptimSettings:

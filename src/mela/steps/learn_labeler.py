@@ -22,6 +22,7 @@ from mela.methods.labeler import (
     same_class_key_distance,
     task_keys,
 )
+from mela.models.registry import check_model_name
 from mela.steps import common
 from mela.steps.sup_baseline import train_supervised
 from mela.workspace import workspace_root
@@ -66,7 +67,7 @@ def inferred_split(tasks: np.ndarray, assigned: np.ndarray) -> tuple[np.ndarray,
 
 def run(cfg: DictConfig) -> dict:
     """Label the pile with the frozen step-1 model, report, then train ``train_model`` on the inferred labels."""
-    common.check_model_name(cfg.train_model)
+    check_model_name(cfg.train_model)
     labeler_config = LabelerConfig(K=int(cfg.K), std_factor=float(cfg.std_factor), mode=str(cfg.labeler),
                                    max_passes=int(cfg.max_passes), spawn_factor=float(cfg.spawn_factor),
                                    merge_factor=float(cfg.merge_factor))

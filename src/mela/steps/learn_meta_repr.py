@@ -8,6 +8,7 @@ from mela.data.samplers import TaskShape, TaskSource
 from mela.errors import MelaError
 from mela.methods.episodic import RidgeLossSettings, episodic_epoch
 from mela.methods.training import Trainer
+from mela.models.registry import check_model_name
 from mela.steps import common
 from mela.workspace import workspace_root
 
@@ -46,7 +47,7 @@ def train_episodic(ctx: common.RunContext, cfg: DictConfig, model, spec, train, 
 def run(cfg: DictConfig) -> dict:
     """Train, validate, and publish ``model.pt`` (best by validation at ``val_n_shots``)."""
     check_episodic_config(cfg)
-    common.check_model_name(cfg.model)
+    check_model_name(cfg.model)
     spec = common.dataset_spec(cfg)
     root = workspace_root(cfg.get("workspace"))
     start = common.find_model(cfg.pretrained_model, root, common.STEPS, None)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mela.config import apply, compose_config
 from mela.errors import MelaError
+from mela.models.registry import check_model_name
 from mela.steps import common, fine_tune, learn_labeler, learn_meta_repr, meta_eval, sup_baseline
 from mela.workspace import saves_dir, workspace_root
 
@@ -70,7 +71,7 @@ def results_table(rows: list[dict]) -> str:
 
 def run(cfg: DictConfig) -> dict:
     """Run (or resume) the pipeline and write ``results.json``; returns its content."""
-    common.check_model_name(str(cfg.model))
+    check_model_name(str(cfg.model))
     started = time.time()
     root = workspace_root(cfg.get("workspace"))
     run_name = cfg.run_name or f"{cfg.dataset}_{cfg.model}_{time.strftime('%Y%m%d-%H%M%S')}"

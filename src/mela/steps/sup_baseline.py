@@ -9,6 +9,7 @@ from mela.data.base import DatasetSpec, ImageSplit
 from mela.methods.supervised import head_sizes, supervised_epoch
 from mela.methods.training import Trainer
 from mela.models.feature_model import Classifier, FeatureModel
+from mela.models.registry import check_model_name
 from mela.steps import common
 from mela.workspace import workspace_root
 
@@ -53,7 +54,7 @@ def true_label_sets(train: ImageSplit) -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def run(cfg: DictConfig) -> dict:
-    common.check_model_name(cfg.model)
+    check_model_name(cfg.model)
     spec = common.dataset_spec(cfg)
     root = workspace_root(cfg.get("workspace"))
     start = common.find_model(cfg.pretrained_model, root, common.STEPS, None)
