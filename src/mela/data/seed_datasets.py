@@ -427,23 +427,18 @@ _spec(
     "`mela data h-aircraft --fgvc-dir DIR`",
     "H-Aircraft: the aircraft images labelled at variant / family / manufacturer granularity",
 )
-_spec(
-    "cifar_fs",
-    lambda d, s: load_cifar(d, s, "cifar_fs", with_superclasses=False),
-    lambda d, s: [cifar_split_path(d, "cifar_fs", s)],
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/ and run "
-    "`mela data cifar --archive cifar-100-python.tar.gz`",
-    "CIFAR-FS: CIFAR-100 with the 64/16/20 class split of Bertinetto et al., 32x32",
-)
-_spec(
-    "fc100",
-    lambda d, s: load_cifar(d, s, "fc100", with_superclasses=True),
-    lambda d, s: [cifar_split_path(d, "fc100", s)],
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/ and run "
-    "`mela data cifar --archive cifar-100-python.tar.gz`",
-    "FC100: CIFAR-100 split by super-class 12/4/4 (Oreshkin et al.), 32x32",
-)
+# CIFAR-FS and FC100 share the CIFAR-100 pickles' layout; FC100 also reports its super-classes.
+for _name, _superclasses, _about in (
+    ("cifar_fs", False, "CIFAR-FS: CIFAR-100 with the 64/16/20 class split of Bertinetto et al., 32x32"),
+    ("fc100", True, "FC100: CIFAR-100 split by super-class 12/4/4 (Oreshkin et al.), 32x32"),
+):
+    _spec(
+        _name,
+        lambda d, s, name=_name, sup=_superclasses: load_cifar(d, s, name, with_superclasses=sup),
+        lambda d, s, name=_name: [cifar_split_path(d, name, s)],
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/ and run "
+        "`mela data cifar --archive cifar-100-python.tar.gz`",
+        _about,
+    )
