@@ -135,11 +135,26 @@ def test_unpack_all_extracts_downloaded_archives_and_skips_them_the_second_time(
 
 def test_build_glyphs_forwards_every_remaining_argument(capsys, monkeypatch) -> None:
     seen = []
-    fake = types.ModuleType("mela.data.glyph_builder")
+    fake = types.ModuleType("mela_glyph_builder")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "mela.data.glyph_builder", fake)
+    monkeypatch.setattr(data_cli, "load_glyph_builder", lambda: fake)
     assert data_cli.main(["build-glyphs", "--out", "x", "--jobs", "2", "-v"]) == 0
     assert seen == [["--out", "x", "--jobs", "2", "-v"]]
+
+
+def test_build_glyphs_from_the_source_checkout_names_every_required_input(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        data_cli.main(["build-glyphs"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--latin-packages" in err and "required" in err
+
+
+def test_build_glyphs_outside_a_source_checkout_says_where_the_builder_lives(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(data_cli, "GLYPH_BUILDER", tmp_path / "tools" / "glyph_builder.py")
+    monkeypatch.setattr(data_cli.load_glyph_builder, "__defaults__", (tmp_path / "tools" / "glyph_builder.py",))
+    code, _, err = run(["build-glyphs", "--out", "x"], capsys)
+    assert code == 2 and "ships with mela's source checkout" in err and "\n" not in err.strip()
 
 
 def test_an_unknown_sub_command_is_an_argparse_usage_error() -> None:

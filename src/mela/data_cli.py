@@ -207,13 +207,27 @@ def cmd_cifar(args: argparse.Namespace) -> int:
     return 0
 
 
+GLYPH_BUILDER = Path(__file__).resolve().parents[2] / "tools" / "glyph_builder.py"
+
+
+def load_glyph_builder(path: Path = GLYPH_BUILDER):
+    """The glyph builder module of a source checkout (it is not part of the installed package)."""
+    import importlib.util
+
+    if not path.is_file():
+        raise MelaError("the glyph builder ships with mela's source checkout (tools/glyph_builder.py), not with the "
+                        "installed package; clone the repository and run `mela data build-glyphs` from there "
+                        "(the shipped glyphs.npz needs no rebuilding to be used)")
+    spec = importlib.util.spec_from_file_location("mela_glyph_builder", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
 def cmd_build_glyphs(rest: list[str]) -> int:
     """Hand everything after ``build-glyphs`` to the glyph builder untouched."""
-    import importlib
-
-    glyph_builder = importlib.import_module("mela.data.glyph_builder")
-    result = glyph_builder.main(rest)
-    return int(result or 0)
+    return int(load_glyph_builder().main(rest) or 0)
 
 
 # --------------------------------------------------------------------------- parser

@@ -7,8 +7,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from mela.data import glyph_builder as gb
+from mela.data_cli import load_glyph_builder
 from mela.errors import MelaError
+
+gb = load_glyph_builder()
 
 
 def _bar(height: int, width: int, canvas: tuple[int, int] = (100, 80), at: tuple[int, int] = (10, 30)) -> np.ndarray:

@@ -634,7 +634,7 @@ def notice_text(packages: Sequence[Package], used_faces: dict[str, int]) -> str:
         "below (Debian bookworm, fetched with `apt-get download`). The images are renders of those",
         "fonts; each font keeps its own licence, taken from the package's `debian/copyright`",
         "(`/usr/share/doc/PACKAGE/copyright` inside the package). Built by `mela data build-glyphs`",
-        "(`src/mela/data/glyph_builder.py`); see `docs/glyphs.md` for how.",
+        "(`tools/glyph_builder.py`); see `docs/glyphs.md` for how.",
         "",
         "| package | version | designs used | licences (debian/copyright) |",
         "| --- | --- | ---: | --- |",
@@ -649,19 +649,18 @@ def notice_text(packages: Sequence[Package], used_faces: dict[str, int]) -> str:
 # ---------------------------------------------------------------- main
 
 
-def _default_list(kind: str) -> Path:
-    return Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / f"glyph_font_packages_{kind}.txt"
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    repo = Path(__file__).resolve().parents[3]
+    """Every input and output is named by the caller: the builder assumes no checkout layout."""
     parser = argparse.ArgumentParser(prog="mela data build-glyphs", description="Build the shipped glyphs data set.")
-    parser.add_argument("--out", type=Path, default=repo / "src" / "mela" / "data" / "assets" / "glyphs.npz")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the npz to write (the shipped one: src/mela/data/assets/glyphs.npz)")
     parser.add_argument("--notice", type=Path, default=None, help="NOTICE path (default: NOTICE.md beside --out)")
-    parser.add_argument("--sheet", type=Path, default=repo / "docs" / "glyphs_contact_sheet.png")
+    parser.add_argument("--sheet", type=Path, required=True,
+                        help="contact sheet PNG to write (the shipped one: docs/glyphs_contact_sheet.png)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/glyph_build"), help="download/extraction cache")
-    parser.add_argument("--latin-packages", type=Path, default=_default_list("latin"))
-    parser.add_argument("--cjk-packages", type=Path, default=_default_list("cjk"))
+    parser.add_argument("--latin-packages", type=Path, required=True,
+                        help="Debian font packages for the Latin-type scripts, one a line")
+    parser.add_argument("--cjk-packages", type=Path, required=True, help="Debian font packages for kana and kanji")
     return parser.parse_args(argv)
 
 
