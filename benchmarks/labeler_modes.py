@@ -19,7 +19,7 @@ from mela.config import compose_config
 from mela.data.registry import get_dataset_spec, load_split
 from mela.device import pick_device
 from mela.errors import MelaError
-from mela.methods.checkpoint import load_feature_model
+from mela.engine.checkpoint import load_feature_model
 from mela.methods.labeler import (
     LabelerConfig,
     clustering_report,

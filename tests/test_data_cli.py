@@ -6,7 +6,6 @@ import io
 import json
 import pickle
 import re
-import sys
 import tarfile
 import types
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The ``mela`` command: a thin layer over the steps' ``run(cfg)`` functions.
+"""The ``mela`` command: a thin layer over the steps (config -> typed settings -> ``run``).
 
     mela learn-meta-repr dataset=miniImageNet n_shots=1
     mela pipeline                      # the glyphs demo
@@ -45,10 +45,11 @@ other commands:
 
 
 def step_runner(name: str) -> Callable[[DictConfig], dict]:
-    """The pure ``run(cfg)`` of step ``name`` (imported lazily: keeps ``mela --help`` fast)."""
+    """Read step ``name``'s config into its typed settings, then run it (imported lazily: keeps ``--help`` fast)."""
     import importlib
 
-    return importlib.import_module(f"mela.steps.{name}").run
+    module = importlib.import_module(f"mela.steps.{name}")
+    return lambda cfg: module.run(module.read_settings(cfg))
 
 
 def _settings_text(config_name: str) -> str:

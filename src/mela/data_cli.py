@@ -87,14 +87,14 @@ def _format_info(info: dict) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from mela.data.registry import available_datasets, get_dataset_spec, missing_files
+    from mela.data.registry import get_dataset_spec, missing_files, workspace_datasets
 
     folder = data_dir(_workspace(args))
     if args.name:
         infos = [dataset_info(args.name, folder)]
     else:
         infos = []
-        for name in available_datasets():
+        for name in workspace_datasets():
             if any(missing_files(name, split, folder) for split in get_dataset_spec(name).splits):
                 infos.append({"name": name, "present": False})
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from mela.errors import MelaError
@@ -39,3 +40,13 @@ def keep_freed_memory() -> bool:
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
     return all(mallopt(option, value) == 1 for option, value in (
         (m_trim_threshold, 1 << 30), (m_top_pad, 256 << 20), (m_mmap_threshold, 32 << 20)))
+
+
+def place_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A split's uint8 pixels as one tensor, on the device when they fit comfortably there (else on the CPU)."""
+    pixels = torch.from_numpy(np.ascontiguousarray(images))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if pixels.numel() < 0.25 * free:
+            return pixels.to(device)
+    return pixels

@@ -8,6 +8,7 @@ from torch import nn
 
 from mela.errors import MelaError
 from mela.models import available_models, create_model, register_model, registry
+from mela.models.feature_model import build_model
 
 BUILTIN = ["convnet4", "residual_mlp", "resnet12", "resnet18", "seresnet12", "wrn_28_10"]
 
@@ -72,3 +73,11 @@ def test_registering_a_different_factory_under_a_taken_name_is_an_error(scratch_
 
     with pytest.raises(ValueError, match="'convnet4' is registered twice"):
         register_model("convnet4")(other)
+
+
+def test_feat_dim_follows_the_model_and_a_contradiction_is_refused():
+    model = build_model("convnet4", 1, None)
+    assert model.feat_dim == 64
+    assert build_model("convnet4", 1, 64).feat_dim == 64
+    with pytest.raises(MelaError, match="feat_dim=640 contradicts model convnet4"):
+        build_model("convnet4", 1, 640)

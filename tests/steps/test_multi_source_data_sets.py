@@ -8,9 +8,13 @@ import pickle
 import numpy as np
 
 from mela.config import compose_config
-from mela.methods.checkpoint import load_checkpoint
+from mela.engine.checkpoint import load_checkpoint
 from mela.steps import meta_eval, sup_baseline
 from mela.workspace import data_dir, saves_dir
+
+
+def run_step(module, cfg):
+    return module.run(module.read_settings(cfg))
 
 SOURCES = {"aircraft": "aircraft/aircraft_{}.pkl", "cu_birds": "cu_birds/cub_{}.pkl",
            "vgg_flower": "vgg_flower/vgg_{}.pkl"}
@@ -37,7 +41,7 @@ def test_h_aircraft_oracle_trains_one_head_per_granularity(workspace):
     cfg = compose_config("sup_baseline", ["dataset=h_aircraft", "model=convnet4", "epochs=1", "batch_size=16",
                                           "rotate_aug=false", "test_db_size=5", "n_queries=2", "run_name=h",
                                           "progress=false", "val_shots=[1]", "val_n_shots=1", "val_n_ways=2"])
-    result = sup_baseline.run(cfg)
+    result = run_step(sup_baseline, cfg)
     assert result["n_classes"] == [12, 6, 3]  # variant, family (variant // 2), manufacturer (variant // 4)
     state = load_checkpoint(saves_dir(workspace) / "sup_baseline" / "h" / "last.pt")["trainable"]
     assert [state[f"heads.{i}.weight"].shape[0] for i in range(3)] == [12, 6, 3]
@@ -46,10 +50,10 @@ def test_h_aircraft_oracle_trains_one_head_per_granularity(workspace):
 def test_meta_eval_on_mixed_reports_each_source_and_never_mixes_them(workspace):
     for i, source in enumerate(SOURCES):
         write_source(workspace, source, (6, 5, 5), seed=i)
-    sup_baseline.run(compose_config("sup_baseline", [
+    run_step(sup_baseline, compose_config("sup_baseline", [
         "dataset=mixed", "model=convnet4", "epochs=1", "batch_size=16", "rotate_aug=false", "test_db_size=5",
         "n_queries=1", "run_name=m", "progress=false", "val_shots=[1]", "val_n_shots=1"]))
-    result = meta_eval.run(compose_config("meta_eval", ["dataset=mixed", "model=convnet4", "test_db_size=30",
+    result = run_step(meta_eval, compose_config("meta_eval", ["dataset=mixed", "model=convnet4", "test_db_size=30",
                                                         "n_queries=1", "pretrained_model=m", "run_name=e",
                                                         "progress=false"]))
     saved = json.loads((saves_dir(workspace) / "meta_eval" / "e" / "results.json").read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from mela.cli import main
-from mela.config import compose_config, config_names, default_config
+from mela.config import compose_config, compose_pipeline_step, config_names, default_config
 from mela.errors import MelaError
-from mela.steps import common
 from mela.workspace import saves_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,14 +52,6 @@ def test_bad_overrides_are_one_line_errors(override, fragment):
     assert "\n" not in str(info.value)
 
 
-def test_feat_dim_follows_the_model_and_a_contradiction_is_refused():
-    model = common.build_model("convnet4", 1, None)
-    assert model.feat_dim == 64
-    assert common.build_model("convnet4", 1, 64).feat_dim == 64
-    with pytest.raises(MelaError, match="feat_dim=640 contradicts model convnet4"):
-        common.build_model("convnet4", 1, 640)
-
-
 def run_cli(args, capsys):
     code = main(args)
     captured = capsys.readouterr()
@@ -98,44 +88,19 @@ def test_the_reference_style_script_gives_a_one_line_error_for_a_typo():
         "error: bad setting for learn_meta_repr: Could not override 'nshots'. (see `mela learn-meta-repr --help`)"]
 
 
-def _finished_run(root: Path, step: str, name: str, dataset: str, finished: str) -> Path:
-    run_dir = saves_dir(root) / step / name
-    run_dir.mkdir(parents=True)
-    (run_dir / common.MODEL_FILE).write_bytes(b"x")
-    (run_dir / common.DONE_FILE).write_text(json.dumps({"dataset": dataset, "finished": finished}))
-    return run_dir
-
-
-def test_latest_finds_the_newest_finished_run_on_the_same_data_set(tmp_path):
-    _finished_run(tmp_path, "learn_meta_repr", "old", "glyphs", "2026-01-01T00:00:00")
-    newest = _finished_run(tmp_path, "learn_meta_repr", "new", "glyphs", "2026-02-01T00:00:00")
-    _finished_run(tmp_path, "learn_meta_repr", "other", "miniImageNet", "2026-03-01T00:00:00")
-    unfinished = saves_dir(tmp_path) / "learn_meta_repr" / "running"
-    unfinished.mkdir()
-    assert common.find_model("latest", tmp_path, ("learn_meta_repr",), "glyphs") == newest / common.MODEL_FILE
-    assert common.find_model("old", tmp_path, ("learn_meta_repr",), None).parent.name == "old"
-    assert common.find_model(False, tmp_path, ("learn_meta_repr",), None) is None
-    with pytest.raises(MelaError, match="did not finish"):
-        common.find_model(str(unfinished), tmp_path, ("learn_meta_repr",), None)
-    with pytest.raises(MelaError, match="no finished learn_labeler run on dataset glyphs"):
-        common.find_model("latest", tmp_path, ("learn_labeler",), "glyphs")
-    with pytest.raises(MelaError, match="neither a file, a run folder"):
-        common.find_model("nope", tmp_path, ("learn_meta_repr",), None)
-
-
 def test_both_pipeline_configs_compose_every_step_and_accept_step_overrides():
-    from mela.steps.pipeline import TRAINING_STEPS, step_config
+    from mela.steps.pipeline import TRAINING_STEPS
 
     for name in ("pipeline", "pipeline_paper"):
         cfg = compose_config(name, ["learn_meta_repr.epochs=2", "learn_labeler.K=100", "n_shots=1"])
         for step in (*TRAINING_STEPS, "meta_eval"):
-            composed = step_config(cfg, step, "run")
+            composed = compose_pipeline_step(cfg, step, "run")
             assert composed.run_name == "run" and composed.dataset == cfg.dataset
-        assert step_config(cfg, "learn_meta_repr", "run").epochs == 2
-        assert step_config(cfg, "learn_labeler", "run").K == 100
-        assert step_config(cfg, "fine_tune", "run").n_shots == 1
+        assert compose_pipeline_step(cfg, "learn_meta_repr", "run").epochs == 2
+        assert compose_pipeline_step(cfg, "learn_labeler", "run").K == 100
+        assert compose_pipeline_step(cfg, "fine_tune", "run").n_shots == 1
     with pytest.raises(MelaError, match="'foo' is not a learn_labeler setting"):
-        step_config(compose_config("pipeline", ["learn_labeler.foo=1"]), "learn_labeler", "run")
+        compose_pipeline_step(compose_config("pipeline", ["learn_labeler.foo=1"]), "learn_labeler", "run")
 
 
 def test_a_model_selection_shot_count_that_is_never_validated_is_refused(synthetic_dataset, workspace, capsys):

@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 
 from mela.config import compose_config
+from mela.engine.checkpoint import load_checkpoint
 from mela.errors import MelaError
-from mela.methods.checkpoint import load_checkpoint
 from mela.steps import learn_labeler, learn_meta_repr, meta_eval, sup_baseline
 from mela.workspace import saves_dir
 
 TINY = ["model=convnet4", "n_ways=4", "n_shots=2", "n_queries=3", "test_db_size=20", "progress=false",
         "hflip=false", "val_shots=[1,2]", "val_n_shots=2", "val_n_ways=4"]
+
+
+def run_step(module, cfg):
+    """What the CLI does: read the composed config into the step's settings, then run it."""
+    return module.run(module.read_settings(cfg))
 
 
 def tiny_config(step, dataset, *extra):
@@ -27,13 +32,13 @@ def tiny_config(step, dataset, *extra):
 
 
 def test_meta_repr_trains_checkpoints_and_resumes_where_it_stopped(synthetic_dataset, workspace):
-    first = learn_meta_repr.run(tiny_config("learn_meta_repr", synthetic_dataset, "epochs=1", "run_name=r1",
+    first = run_step(learn_meta_repr, tiny_config("learn_meta_repr", synthetic_dataset, "epochs=1", "run_name=r1",
                                             "lr_decay_epochs=1"))
     run_dir = saves_dir(workspace) / "learn_meta_repr" / "r1"
     assert first["run_dir"] == str(run_dir)
     assert (run_dir / "model.pt").exists() and (run_dir / "config.yaml").exists()
     assert load_checkpoint(run_dir / "last.pt")["epoch"] == 1
-    second = learn_meta_repr.run(tiny_config("learn_meta_repr", synthetic_dataset, "epochs=3", "run_name=r1",
+    second = run_step(learn_meta_repr, tiny_config("learn_meta_repr", synthetic_dataset, "epochs=3", "run_name=r1",
                                              "lr_decay_epochs=1"))
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -43,10 +48,11 @@ def test_meta_repr_trains_checkpoints_and_resumes_where_it_stopped(synthetic_dat
 
 
 def test_labeler_then_meta_eval_find_earlier_runs_by_name_and_latest(synthetic_dataset, workspace):
-    learn_meta_repr.run(tiny_config("learn_meta_repr", synthetic_dataset, "epochs=2", "run_name=base",
+    run_step(learn_meta_repr, tiny_config("learn_meta_repr", synthetic_dataset, "epochs=2", "run_name=base",
                                     "lr_decay_epochs=1", "learning_rate=0.02"))
-    result = learn_labeler.run(tiny_config("learn_labeler", synthetic_dataset, "epochs=1", "pretrained_labeler=base",
-                                           "K=40", "run_name=lab", "sup_rotate_aug=false", "batch_size=32"))
+    result = run_step(learn_labeler, tiny_config("learn_labeler", synthetic_dataset, "epochs=1",
+                                                 "pretrained_labeler=base", "K=40", "run_name=lab",
+                                                 "sup_rotate_aug=false", "batch_size=32"))
     report = json.loads((saves_dir(workspace) / "learn_labeler" / "lab" / "labeler_report.json").read_text())
     assert result["labeler"]["true_classes"] == 24
     assert report["tasks_kept"] == report["tasks_total"] > 0
@@ -54,7 +60,7 @@ def test_labeler_then_meta_eval_find_earlier_runs_by_name_and_latest(synthetic_d
     centroids = np.load(saves_dir(workspace) / "learn_labeler" / "lab" / "centroids.npz")["centroids"]
     # Every cluster that labels a task is a centroid; a centroid may end up labelling nothing.
     assert centroids.shape[1] == 64 and centroids.shape[0] == report["centroids"] >= report["clusters"]
-    evaluation = meta_eval.run(tiny_config("meta_eval", synthetic_dataset, "pretrained_model=latest",
+    evaluation = run_step(meta_eval, tiny_config("meta_eval", synthetic_dataset, "pretrained_model=latest",
                                            "from_step=learn_labeler", "run_name=ev"))
     assert evaluation["model"].endswith("learn_labeler/lab/model.pt")
     assert [row["shots"] for row in evaluation["rows"]] == [1, 5]
@@ -64,10 +70,10 @@ def test_labeler_then_meta_eval_find_earlier_runs_by_name_and_latest(synthetic_d
 
 
 def test_reusing_saved_centroids_gives_the_same_labels(synthetic_dataset, workspace):
-    learn_meta_repr.run(tiny_config("learn_meta_repr", synthetic_dataset, "epochs=1", "run_name=base"))
-    learn_labeler.run(tiny_config("learn_labeler", synthetic_dataset, "epochs=1", "pretrained_labeler=base",
+    run_step(learn_meta_repr, tiny_config("learn_meta_repr", synthetic_dataset, "epochs=1", "run_name=base"))
+    run_step(learn_labeler, tiny_config("learn_labeler", synthetic_dataset, "epochs=1", "pretrained_labeler=base",
                                   "K=40", "run_name=a", "sup_rotate_aug=false"))
-    learn_labeler.run(tiny_config("learn_labeler", synthetic_dataset, "epochs=1", "pretrained_labeler=base",
+    run_step(learn_labeler, tiny_config("learn_labeler", synthetic_dataset, "epochs=1", "pretrained_labeler=base",
                                   "pretrained_centroids=a", "run_name=b", "sup_rotate_aug=false"))
     reports = [json.loads((saves_dir(workspace) / "learn_labeler" / n / "labeler_report.json").read_text())
                for n in ("a", "b")]
@@ -76,7 +82,7 @@ def test_reusing_saved_centroids_gives_the_same_labels(synthetic_dataset, worksp
 
 
 def test_the_oracle_trains_with_rotation_heads_and_evaluates(synthetic_dataset, workspace):
-    result = sup_baseline.run(tiny_config("sup_baseline", synthetic_dataset, "epochs=1", "run_name=o",
+    result = run_step(sup_baseline, tiny_config("sup_baseline", synthetic_dataset, "epochs=1", "run_name=o",
                                           "batch_size=32", "rotate_aug=true"))
     assert result["n_classes"] == [24]
     state = load_checkpoint(saves_dir(workspace) / "sup_baseline" / "o" / "last.pt")["trainable"]
@@ -85,4 +91,4 @@ def test_the_oracle_trains_with_rotation_heads_and_evaluates(synthetic_dataset, 
 
 def test_learn_labeler_without_a_meta_repr_model_says_what_to_run_first(synthetic_dataset, workspace):
     with pytest.raises(MelaError, match="no finished learn_meta_repr run"):
-        learn_labeler.run(tiny_config("learn_labeler", synthetic_dataset, "epochs=1"))
+        run_step(learn_labeler, tiny_config("learn_labeler", synthetic_dataset, "epochs=1"))

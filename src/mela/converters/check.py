@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mela.data.registry import available_datasets, get_dataset_spec
+from mela.data.registry import get_dataset_spec, workspace_datasets
 from mela.errors import MelaError
 
 PRESENT, MISSING, CORRUPT = "present", "missing", "corrupt"
@@ -72,7 +72,7 @@ def _named_path(message: str, candidates: list[Path]) -> Path:
 def check_workspace(data_dir: str | Path, names: list[str] | None = None, load: bool = True) -> list[Report]:
     """Report on every split of every registered data set (or of ``names``) under ``data_dir``."""
     reports = []
-    for name in names if names is not None else available_datasets():
+    for name in names if names is not None else workspace_datasets():
         spec = get_dataset_spec(name)
         for split in spec.splits:
             reports.append(check_split(name, split, Path(data_dir), load=load))

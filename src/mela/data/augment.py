@@ -15,6 +15,7 @@ batch's, so a seeded CPU generator gives the same augmentation on any device.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,17 @@ def rotation_expand(x: torch.Tensor, labels: torch.Tensor, n_classes: int) -> tu
 def default_padding(size: int) -> int:
     """Crop padding for ``size``-px images: 8 at 84 px, scaled in proportion, at least 1."""
     return max(1, round(8 * size / 84))
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Which training-time augmentations a step applies (``data_aug``, ``hflip``)."""
+
+    enabled: bool = True
+    flip: bool = True
+
+    def build(self, mean: Sequence[float], std: Sequence[float]) -> Augmenter:
+        return Augmenter(mean, std, data_aug=self.enabled, flip=self.flip)
 
 
 class Augmenter:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mela.data.base import SPLITS, DatasetSpec, ImageSplit
+from mela.data.registry import DatasetRef, register_dataset_factory
 from mela.errors import MelaError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -200,3 +201,12 @@ def custom_dataset_spec(
         how_to_get=f"check the path {path}",
         description=f"custom: {len(classes)} classes from {path}, {image_size}x{image_size}",
     )
+
+
+def _custom_from_ref(ref: DatasetRef) -> DatasetSpec:
+    if not ref.path:
+        raise MelaError("dataset=custom needs custom_path=<folder of class folders or .npz file>")
+    return custom_dataset_spec(ref.path, ref.split_file, ref.image_size, ref.seed)
+
+
+register_dataset_factory("custom", _custom_from_ref)

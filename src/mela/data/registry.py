@@ -1,25 +1,64 @@
-"""Named base data sets: look one up, check its files, load a split."""
+"""Named base data sets: look one up, check its files, load its splits once.
+
+Two kinds of entry live here, and callers never tell them apart:
+
+- a fixed spec (``glyphs``, ``miniImageNet``, ...): files in the workspace;
+- a factory (``custom``): a spec built from the user's files and options.
+
+:class:`DatasetRef` names a data set as a user does (name plus, for a factory,
+its options); :func:`open_dataset` turns it into a :class:`Dataset` whose splits
+are loaded on first use and kept, so a pipeline reads each split once.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mela.data.base import DatasetSpec, ImageSplit
 from mela.errors import MelaError
 
 _DATASETS: dict[str, DatasetSpec] = {}
+_FACTORIES: dict[str, Callable[[DatasetRef], DatasetSpec]] = {}
 
 # Modules whose import registers the built-in data sets.
-_BUILTIN_MODULES = ("mela.data.glyphs", "mela.data.seed_datasets")
+_BUILTIN_MODULES = ("mela.data.glyphs", "mela.data.seed_datasets", "mela.data.custom")
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A data set as the user names it: ``dataset=NAME`` plus the options a factory entry reads.
+
+    Attributes:
+        name: the registered name.
+        path: the user's files (``custom``: a folder of class folders or an ``.npz``).
+        split_file: optional JSON of class names per split (``custom``).
+        image_size: side the user's images are resized to (``custom``).
+        seed: seed of the class split when no split file is given (``custom``).
+    """
+
+    name: str
+    path: str | None = None
+    split_file: str | None = None
+    image_size: int = 84
+    seed: int = 0
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Make ``spec`` loadable by its name; a second registration of a name is a bug."""
-    if spec.name in _DATASETS and _DATASETS[spec.name] is not spec:
+    if (spec.name in _DATASETS and _DATASETS[spec.name] is not spec) or spec.name in _FACTORIES:
         raise ValueError(f"data set '{spec.name}' is registered twice")
     _DATASETS[spec.name] = spec
     return spec
+
+
+def register_dataset_factory(name: str, factory: Callable[[DatasetRef], DatasetSpec]) -> None:
+    """Register a data set whose spec is built from a :class:`DatasetRef`'s options (e.g. ``custom``)."""
+    if name in _DATASETS or (name in _FACTORIES and _FACTORIES[name] is not factory):
+        raise ValueError(f"data set '{name}' is registered twice")
+    _FACTORIES[name] = factory
 
 
 def _ensure_builtins() -> None:
@@ -30,21 +69,80 @@ def _ensure_builtins() -> None:
 def available_datasets() -> list[str]:
     """Names of every registered data set, sorted."""
     _ensure_builtins()
+    return sorted({*_DATASETS, *_FACTORIES})
+
+
+def workspace_datasets() -> list[str]:
+    """Names of the data sets whose files live in the workspace (what ``mela data check`` walks), sorted."""
+    _ensure_builtins()
     return sorted(_DATASETS)
 
 
-def get_dataset_spec(name: str) -> DatasetSpec:
-    """The spec of data set ``name``; an unknown name lists the valid ones."""
+def get_dataset_spec(name: str | DatasetRef) -> DatasetSpec:
+    """The spec of a data set; an unknown name lists the valid ones."""
+    ref = name if isinstance(name, DatasetRef) else DatasetRef(str(name))
     _ensure_builtins()
-    if name not in _DATASETS:
-        raise MelaError(f"unknown data set '{name}'; valid names: {', '.join(sorted(_DATASETS))}")
-    return _DATASETS[name]
+    if ref.name in _FACTORIES:
+        return _FACTORIES[ref.name](ref)
+    if ref.name not in _DATASETS:
+        raise MelaError(f"unknown data set '{ref.name}'; valid names: {', '.join(available_datasets())}")
+    return _DATASETS[ref.name]
+
+
+def _missing(spec: DatasetSpec, split: str, data_dir: Path) -> list[Path]:
+    return [path for path in spec.required_files(Path(data_dir), split) if not path.exists()]
 
 
 def missing_files(name: str, split: str, data_dir: Path) -> list[Path]:
     """Files that data set ``name`` needs for ``split`` and that are not there."""
-    spec = get_dataset_spec(name)
-    return [path for path in spec.required_files(Path(data_dir), split) if not path.exists()]
+    return _missing(get_dataset_spec(name), split, data_dir)
+
+
+def _load(spec: DatasetSpec, split: str, data_dir: Path) -> ImageSplit:
+    if split not in spec.splits:
+        raise MelaError(f"data set '{spec.name}' has no split '{split}'; it has {', '.join(spec.splits)}")
+    missing = _missing(spec, split, data_dir)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MelaError(
+            f"data set '{spec.name}' not found: {missing[0]} is missing{more}; put the files there, "
+            f"or {spec.how_to_get}"
+        )
+    return spec.load(Path(data_dir), split)
+
+
+@dataclass
+class Dataset:
+    """One data set opened in one workspace: its spec, and each split loaded once, on first use."""
+
+    spec: DatasetSpec
+    data_dir: Path
+    ref: DatasetRef | None = None
+    _splits: dict[str, ImageSplit] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.spec.std
+
+    def split(self, name: str) -> ImageSplit:
+        """Split ``name`` (train / val / test); a missing file is a one-line error naming it."""
+        if name not in self._splits:
+            self._splits[name] = _load(self.spec, name, self.data_dir)
+        return self._splits[name]
+
+
+def open_dataset(ref: str | DatasetRef, data_dir: Path) -> Dataset:
+    """The data set ``ref`` names, with its files under ``data_dir`` (``$WORKSPACE/metaL_data``)."""
+    ref = ref if isinstance(ref, DatasetRef) else DatasetRef(str(ref))
+    return Dataset(get_dataset_spec(ref), Path(data_dir), ref)
 
 
 def load_split(name: str, split: str, data_dir: Path) -> ImageSplit:
@@ -53,13 +151,4 @@ def load_split(name: str, split: str, data_dir: Path) -> ImageSplit:
     Raises a one-line :class:`MelaError` naming the first missing file and how to
     obtain it, instead of a deep ``FileNotFoundError``.
     """
-    spec = get_dataset_spec(name)
-    if split not in spec.splits:
-        raise MelaError(f"data set '{name}' has no split '{split}'; it has {', '.join(spec.splits)}")
-    missing = missing_files(name, split, data_dir)
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise MelaError(
-            f"data set '{name}' not found: {missing[0]} is missing{more}; put the files there, or {spec.how_to_get}"
-        )
-    return spec.load(Path(data_dir), split)
+    return _load(get_dataset_spec(name), split, data_dir)

@@ -153,6 +153,13 @@ class TaskSource:
         return np.stack([self._random_task(rng) for _ in range(len(self))])
 
 
+def labeling_pile(split: ImageSplit, shape: TaskShape, no_replacement: bool = True, train_db_size: int = 2800,
+                  seed: int = 0) -> np.ndarray:
+    """The fixed task pile the labeler sees: the no-replacement pile, or ``train_db_size`` seeded tasks."""
+    source = TaskSource(split, shape, no_replacement, True, train_db_size, seed)
+    return source.pile() if no_replacement else source.epoch_tasks(0)
+
+
 def evaluation_tasks(split: ImageSplit, shape: TaskShape, n_tasks: int) -> list[tuple[str, np.ndarray]]:
     """Per group: ``n_tasks`` evaluation tasks, task i drawn from seed i.
 

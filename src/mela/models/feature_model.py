@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mela.errors import MelaError
 from mela.models.mlp import ResidualMLP
 from mela.models.registry import create_model
 
@@ -76,3 +77,18 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         z = self.features(x)
         return [head(z) for head in self.heads]
+
+
+def check_feat_dim(feat_dim: int | None, model: FeatureModel) -> None:
+    """``feat_dim`` follows from the architecture; a contradicting value is a one-line error."""
+    if feat_dim is not None and int(feat_dim) != model.feat_dim:
+        raise MelaError(f"feat_dim={feat_dim} contradicts model {model.spec.backbone}, whose features have "
+                        f"{model.feat_dim} dimensions; drop feat_dim or set it to {model.feat_dim}")
+
+
+def build_model(name: str, in_channels: int = 3, feat_dim: int | None = None,
+                residual_mlp: bool = False) -> FeatureModel:
+    """A fresh feature model ``name`` for ``in_channels``-channel images; ``feat_dim``, when given, must agree."""
+    model = FeatureModel(ModelSpec(name, {"in_channels": in_channels}, residual_mlp))
+    check_feat_dim(feat_dim, model)
+    return model

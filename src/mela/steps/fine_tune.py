@@ -2,30 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from omegaconf import DictConfig
 
-from mela.methods.checkpoint import load_feature_model
-from mela.models.feature_model import FeatureModel, ModelSpec
-from mela.steps import common
-from mela.steps.learn_meta_repr import check_episodic_config, train_episodic
-from mela.workspace import workspace_root
+from mela.config import readers
+from mela.data.registry import Dataset, DatasetRef, open_dataset
+from mela.engine.checkpoint import load_feature_model
+from mela.engine.episodic import EpisodicSettings, train_episodic
+from mela.models.feature_model import FeatureModel, ModelSpec, check_feat_dim
+from mela.runs.store import MODEL_FILE, RunSettings, RunStore, start_run
+from mela.workspace import data_dir
+
+STEP = "fine_tune"
 
 
-def run(cfg: DictConfig) -> dict:
+@dataclass(frozen=True)
+class FineTuneSettings:
+    run: RunSettings
+    dataset: DatasetRef
+    model: str
+    feat_dim: int | None
+    pretrained_model: str
+    training: EpisodicSettings
+    config: Mapping
+
+
+def read_settings(cfg: DictConfig) -> FineTuneSettings:
+    return FineTuneSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
+                            readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model) or "latest",
+                            readers.read_episodic(cfg), readers.record(cfg))
+
+
+def run(settings: FineTuneSettings, dataset: Dataset | None = None) -> dict:
     """Load the labeler's model, freeze it, train the MLP on top, publish ``model.pt``."""
-    check_episodic_config(cfg)
-    spec = common.dataset_spec(cfg)
-    root = workspace_root(cfg.get("workspace"))
-    source = common.find_model(cfg.pretrained_model or "latest", root, ("learn_labeler",), str(cfg.dataset))
-    train = common.load_data(cfg, spec, "train", root)
-    val = common.load_data(cfg, spec, "val", root)
-    ctx = common.start_run(cfg, "fine_tune", cfg.model)
-    base, _ = load_feature_model(source, ctx.device)
-    ctx.log(f"fine-tuning on top of {source}")
+    store = RunStore(settings.run.workspace)
+    data = dataset or open_dataset(settings.dataset, data_dir(store.root))
+    source = store.find_model(settings.pretrained_model, ("learn_labeler",), settings.dataset.name)
+    train, val = data.split("train"), data.split("val")
+    run = start_run(settings.run, STEP, settings.dataset.name, settings.model, settings.config)
+    base, _ = load_feature_model(source, run.device)
+    run.log(f"fine-tuning on top of {source}")
     model = FeatureModel(ModelSpec(base.spec.backbone, base.spec.backbone_kwargs, residual_mlp=True))
     model.backbone.load_state_dict(base.backbone.state_dict())
-    common.check_feat_dim(cfg.feat_dim, model, base.spec.backbone)
+    check_feat_dim(settings.feat_dim, model)
     model.freeze_backbone()
-    result = train_episodic(ctx, cfg, model, spec, train, val,
-                            {"step": "fine_tune", "dataset": str(cfg.dataset), "base_model": str(source)})
-    return common.finish_run(ctx, result)
+    outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
+                                      run.run_dir, run.log,
+                                      {"step": STEP, "dataset": settings.dataset.name, "base_model": str(source)})
+    run.publish_model(outcome.chosen)
+    return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
+                       "best_val": outcome.best_val, "train_tasks": n_tasks})

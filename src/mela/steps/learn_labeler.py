@@ -4,51 +4,67 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
 
-from mela.data.base import ImageSplit
-from mela.data.samplers import TaskShape, TaskSource
+from mela.config import readers
+from mela.data.registry import Dataset, DatasetRef, open_dataset
+from mela.data.samplers import TaskShape, labeling_pile
+from mela.engine.checkpoint import initial_model, load_feature_model
+from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.errors import MelaError
-from mela.methods.checkpoint import load_feature_model
-from mela.methods.evaluator import extract_features
-from mela.methods.labeler import (
-    LabelerConfig,
-    clustering_report,
-    fit_centroids,
-    label_tasks,
-    same_class_key_distance,
-    task_keys,
-)
+from mela.methods.global_labels import infer_global_labels, pile_features
+from mela.methods.labeler import LabelerConfig
 from mela.models.registry import check_model_name
-from mela.steps import common
-from mela.steps.sup_baseline import train_supervised
-from mela.workspace import workspace_root
+from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
+from mela.workspace import data_dir
 
+STEP = "learn_labeler"
 CENTROIDS_FILE = "centroids.npz"
 
 
-def labeling_tasks(train: ImageSplit, cfg: DictConfig) -> np.ndarray:
-    """The fixed task pile the labeler sees (flat tasks: every image of each task, grouped by class)."""
-    shape = TaskShape(int(cfg.n_ways), int(cfg.n_shots), int(cfg.n_queries))
-    source = TaskSource(train, shape, bool(cfg.no_replacement), True, int(cfg.train_db_size), int(cfg.seed))
-    return source.pile() if cfg.no_replacement else source.epoch_tasks(0)
+@dataclass(frozen=True)
+class LearnLabelerSettings:
+    """Attributes beyond the usual: the pile the labeler sees (``pile`` shape, ``no_replacement``,
+    ``train_db_size``), the clustering (``labeler``), and the model references."""
+
+    run: RunSettings
+    dataset: DatasetRef
+    label_recovery_model: str
+    train_model: str
+    feat_dim: int | None
+    pretrained_labeler: str | None
+    pretrained_centroids: str | None
+    pretrained_model: str | None
+    pile: TaskShape
+    no_replacement: bool
+    train_db_size: int
+    labeler: LabelerConfig
+    training: SupervisedSettings
+    config: Mapping
 
 
-def pile_features(model, train: ImageSplit, tasks: np.ndarray, spec, device) -> np.ndarray:
-    """(T, n_ways, per_class, d) features of the pile's images, without augmentation."""
-    features = extract_features(model, train.images, spec.mean, spec.std, device).numpy()
-    return features[train.item_images()][tasks]
+def read_settings(cfg: DictConfig) -> LearnLabelerSettings:
+    check_model_name(str(cfg.train_model))
+    return LearnLabelerSettings(
+        readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.label_recovery_model), str(cfg.train_model),
+        readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_labeler),
+        readers.model_ref(cfg.pretrained_centroids), readers.model_ref(cfg.pretrained_model), readers.read_shape(cfg),
+        bool(cfg.no_replacement), int(cfg.train_db_size), readers.read_labeler(cfg),
+        readers.read_supervised(cfg, "sup_data_aug", "sup_rotate_aug"), readers.record(cfg))
 
 
-def load_centroids(ref: object, root: Path) -> np.ndarray | None:
-    if ref in (None, False, "", "false", "null"):
+def load_centroids(ref: str | None, store: RunStore) -> np.ndarray | None:
+    """Centroids to reuse: a ``centroids.npz``, or a finished learn_labeler run (name or folder)."""
+    if ref is None:
         return None
-    path = Path(str(ref)).expanduser()
+    path = Path(ref).expanduser()
     if not path.exists():
-        path = common.find_model(ref, root, ("learn_labeler",), None).parent
+        path = store.find_model(ref, (STEP,), None).parent
     if path.is_dir():
         path = path / CENTROIDS_FILE
     if not path.is_file():
@@ -56,63 +72,41 @@ def load_centroids(ref: object, root: Path) -> np.ndarray | None:
     return np.load(path)["centroids"]
 
 
-def inferred_split(tasks: np.ndarray, assigned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Items of the kept tasks and their inferred labels, renumbered 0..n_clusters-1."""
-    kept = (assigned >= 0).all(axis=1)
-    items = tasks[kept].reshape(-1)
-    clusters = np.repeat(assigned[kept], tasks.shape[2], axis=1).reshape(-1)
-    _, labels = np.unique(clusters, return_inverse=True)
-    return items, labels
-
-
-def run(cfg: DictConfig) -> dict:
+def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
     """Label the pile with the frozen step-1 model, report, then train ``train_model`` on the inferred labels."""
-    check_model_name(cfg.train_model)
-    labeler_config = LabelerConfig(K=int(cfg.K), std_factor=float(cfg.std_factor), mode=str(cfg.labeler),
-                                   max_passes=int(cfg.max_passes), spawn_factor=float(cfg.spawn_factor),
-                                   merge_factor=float(cfg.merge_factor))
-    spec = common.dataset_spec(cfg)
-    root = workspace_root(cfg.get("workspace"))
-    labeler_path = common.find_model(cfg.pretrained_labeler, root, ("learn_meta_repr",), str(cfg.dataset))
+    store = RunStore(settings.run.workspace)
+    data = dataset or open_dataset(settings.dataset, data_dir(store.root))
+    labeler_path = store.find_model(settings.pretrained_labeler, ("learn_meta_repr",), settings.dataset.name)
     if labeler_path is None:
         raise MelaError("learn_labeler needs the learn_meta_repr model: set pretrained_labeler=latest, a run or a file")
-    start = common.find_model(cfg.pretrained_model, root, common.STEPS, None)
-    train = common.load_data(cfg, spec, "train", root)
-    val = common.load_data(cfg, spec, "val", root)
-    ctx = common.start_run(cfg, "learn_labeler", cfg.train_model)
-    tasks = labeling_tasks(train, cfg)
-    labeler_model, payload = load_feature_model(labeler_path, ctx.device)
-    if payload["spec"]["backbone"] != cfg.label_recovery_model:
-        raise MelaError(f"label_recovery_model={cfg.label_recovery_model} but {labeler_path} holds a "
+    start = store.find_model(settings.pretrained_model, STEPS, None)
+    train, val = data.split("train"), data.split("val")
+    run = start_run(settings.run, STEP, settings.dataset.name, settings.train_model, settings.config)
+    tasks = labeling_pile(train, settings.pile, settings.no_replacement, settings.train_db_size, settings.run.seed)
+    labeler_model, payload = load_feature_model(labeler_path, run.device)
+    if payload["spec"]["backbone"] != settings.label_recovery_model:
+        raise MelaError(f"label_recovery_model={settings.label_recovery_model} but {labeler_path} holds a "
                         f"{payload['spec']['backbone']}; set label_recovery_model={payload['spec']['backbone']}")
-    ctx.log(f"labelling {len(tasks)} tasks with {labeler_path}")
-    item_features = pile_features(labeler_model, train, tasks, spec, ctx.device)
-    keys = task_keys(item_features)
-    key_distance = same_class_key_distance(item_features) if labeler_config.mode == "improved" else None
-    centroids = load_centroids(cfg.pretrained_centroids, ctx.workspace)
-    passes: list[dict] = []
-    if centroids is None:
-        clustering = fit_centroids(keys, labeler_config, key_distance)
-        centroids, passes = clustering.centroids, clustering.passes
-        for i, p in enumerate(passes):
-            ctx.log(f"pass {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                   for k, v in p.items()))
-    tmp = ctx.run_dir / f".{CENTROIDS_FILE}.tmp.npz"
-    np.savez(tmp, centroids=centroids)
-    os.replace(tmp, ctx.run_dir / CENTROIDS_FILE)
-    assigned = label_tasks(keys, centroids, labeler_config.mode)
-    true_classes = train.labels[tasks[:, :, 0]]
-    report = clustering_report(assigned, true_classes)
-    report.update(centroids=len(centroids), passes=passes, mode=labeler_config.mode, K_initial=labeler_config.K,
-                  same_class_key_distance=key_distance)
-    (ctx.run_dir / "labeler_report.json").write_text(json.dumps(report, indent=1))
-    ctx.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "
+    run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
+    features = pile_features(labeler_model, train, tasks, data.mean, data.std, run.device)
+    labels = infer_global_labels(features, settings.labeler, load_centroids(settings.pretrained_centroids, store))
+    for i, p in enumerate(labels.passes):
+        run.log(f"pass {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in p.items()))
+    tmp = run.run_dir / f".{CENTROIDS_FILE}.tmp.npz"
+    np.savez(tmp, centroids=labels.centroids)
+    os.replace(tmp, run.run_dir / CENTROIDS_FILE)
+    report = labels.report(train.labels[tasks[:, :, 0]])
+    report.update(mode=settings.labeler.mode, K_initial=settings.labeler.K)
+    (run.run_dir / "labeler_report.json").write_text(json.dumps(report, indent=1))
+    run.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "
             f"{report['clustering_accuracy']:.3f}, {report['tasks_kept']}/{report['tasks_total']} tasks kept")
-    items, labels = inferred_split(tasks, assigned)
-    item_images = train.item_images()[items]
-    model = common.initial_model(start, cfg.train_model, common.in_channels(train), cfg.feat_dim, ctx)
-    result = train_supervised(ctx, cfg, spec, train, item_images, [labels], model, val, bool(cfg.sup_data_aug),
-                              bool(cfg.sup_rotate_aug), {"step": "learn_labeler", "dataset": str(cfg.dataset)})
-    labeler_summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "tasks_kept",
-                                              "tasks_total")}
-    return common.finish_run(ctx, {**result, "labeler": labeler_summary})
+    items, inferred = labels.labelled_items(tasks)
+    model = initial_model(start, settings.train_model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
+    outcome, n_classes = train_supervised(model, train, train.item_images()[items], [inferred], val, data.mean,
+                                          data.std, settings.training, run.device, run.run_dir, run.log,
+                                          {"step": STEP, "dataset": settings.dataset.name})
+    run.publish_model(outcome.chosen)
+    summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "tasks_kept", "tasks_total")}
+    return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
+                       "best_val": outcome.best_val, "n_classes": n_classes, "labeler": summary})

@@ -2,45 +2,85 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
+from mela.config import readers
+from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.samplers import TaskShape
+from mela.engine.checkpoint import load_feature_model
 from mela.errors import MelaError
-from mela.methods.checkpoint import load_feature_model
-from mela.methods.evaluator import evaluate_model
-from mela.steps import common
-from mela.workspace import workspace_root
+from mela.methods.evaluator import EvalProtocol, evaluate_model
+from mela.models.feature_model import check_feat_dim
+from mela.runs.store import RunSettings, RunStore, start_run
+from mela.workspace import data_dir
+
+STEP = "meta_eval"
+PRODUCERS = ("fine_tune", "learn_labeler", "sup_baseline", "learn_meta_repr")
 
 
-def run(cfg: DictConfig) -> dict:
+@dataclass(frozen=True)
+class MetaEvalSettings:
+    """Attributes beyond the usual: the task ``shapes`` (one per shot count), ``n_tasks`` per shape, the
+    ``split`` evaluated, the test-time ``protocol``, and where ``latest`` looks (``producers``)."""
+
+    run: RunSettings
+    dataset: DatasetRef
+    model: str
+    feat_dim: int | None
+    pretrained_model: str | None
+    producers: tuple[str, ...]
+    split: str
+    shapes: tuple[TaskShape, ...]
+    n_tasks: int
+    protocol: EvalProtocol
+    config: Mapping
+
+    def for_model(self, run_name: str, model_ref: str, model: str) -> MetaEvalSettings:
+        """The same evaluation of another model in another run (how the pipeline evaluates each model)."""
+        config = {**self.config, "run_name": run_name, "pretrained_model": model_ref, "model": model}
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, run_name=run_name),
+                                   pretrained_model=model_ref, model=model, config=config)
+
+
+def read_settings(cfg: DictConfig) -> MetaEvalSettings:
+    if int(cfg.n_ways) < 2:
+        raise MelaError(f"n_ways must be at least 2, got {cfg.n_ways}")
+    producers = (str(cfg.from_step),) if cfg.get("from_step") else PRODUCERS
+    shapes = tuple(TaskShape(int(cfg.n_ways), int(k), int(cfg.n_queries)) for k in cfg.shots)
+    return MetaEvalSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
+                            readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model), producers,
+                            str(cfg.split), shapes, int(cfg.test_db_size), readers.read_protocol(cfg, str(cfg.head)),
+                            readers.record(cfg))
+
+
+def run(settings: MetaEvalSettings, dataset: Dataset | None = None) -> dict:
     """Evaluate ``pretrained_model`` on ``split`` and write ``results.json`` in the run folder."""
-    protocol = common.eval_protocol(cfg, str(cfg.head))
-    protocol.head_factory()  # an unknown head fails before anything loads
-    producers = (cfg.from_step,) if cfg.get("from_step") else ("fine_tune", "learn_labeler", "sup_baseline",
-                                                               "learn_meta_repr")
-    spec = common.dataset_spec(cfg)
-    path = common.find_model(cfg.pretrained_model, workspace_root(cfg.get("workspace")), producers, str(cfg.dataset))
+    store = RunStore(settings.run.workspace)
+    data = dataset or open_dataset(settings.dataset, data_dir(store.root))
+    path = store.find_model(settings.pretrained_model, settings.producers, settings.dataset.name)
     if path is None:
         raise MelaError("meta_eval needs a model: set pretrained_model=latest, a run name, a run folder or a file")
-    split = common.load_data(cfg, spec, str(cfg.split), workspace_root(cfg.get("workspace")))
-    ctx = common.start_run(cfg, "meta_eval", str(cfg.model), resumable=False)
-    model, payload = load_feature_model(path, ctx.device)
-    if payload["spec"]["backbone"] != cfg.model:
-        ctx.log(f"note: model={cfg.model} but {path} holds a {payload['spec']['backbone']}; evaluating the file")
-    common.check_feat_dim(cfg.feat_dim, model, payload["spec"]["backbone"])
+    split = data.split(settings.split)
+    run = start_run(settings.run, STEP, settings.dataset.name, settings.model, settings.config, resumable=False)
+    model, payload = load_feature_model(path, run.device)
+    if payload["spec"]["backbone"] != settings.model:
+        run.log(f"note: model={settings.model} but {path} holds a {payload['spec']['backbone']}; evaluating the file")
+    check_feat_dim(settings.feat_dim, model)
+    results = evaluate_model(model, split, list(settings.shapes), settings.n_tasks, settings.protocol, data.mean,
+                             data.std, run.device)
     rows = []
-    shapes = [TaskShape(int(cfg.n_ways), int(k), int(cfg.n_queries)) for k in cfg.shots]
-    results = evaluate_model(model, split, shapes, int(cfg.test_db_size), protocol,
-                             spec.mean, spec.std, ctx.device)
-    for k, result in zip(cfg.shots, results, strict=True):
-        rows.append({"shots": int(k), "acc": result.overall.acc, "ci": result.overall.ci,
+    for shape, result in zip(settings.shapes, results, strict=True):
+        rows.append({"shots": shape.n_shots, "acc": result.overall.acc, "ci": result.overall.ci,
                      "tasks": result.overall.n_tasks,
                      "per_group": {g: {"acc": a.acc, "ci": a.ci} for g, a in result.per_group.items()}})
         groups = "" if len(result.per_group) < 2 else " | " + ", ".join(
             f"{g} {a.acc:.2f} ± {a.ci:.2f}" for g, a in result.per_group.items())
-        ctx.log(f"{cfg.n_ways}-way {k}-shot on {cfg.dataset}/{cfg.split}: {result.overall.acc:.2f} ± "
-                f"{result.overall.ci:.2f} (95% CI, {result.overall.n_tasks} tasks){groups}")
-    (ctx.run_dir / "results.json").write_text(json.dumps({"model": str(path), "rows": rows}, indent=1))
-    return common.finish_run(ctx, {"model": str(path), "rows": rows})
+        run.log(f"{shape.n_ways}-way {shape.n_shots}-shot on {settings.dataset.name}/{settings.split}: "
+                f"{result.overall.acc:.2f} ± {result.overall.ci:.2f} (95% CI, {result.overall.n_tasks} tasks){groups}")
+    (run.run_dir / "results.json").write_text(json.dumps({"model": str(path), "rows": rows}, indent=1))
+    return run.finish({"model": str(path), "rows": rows})

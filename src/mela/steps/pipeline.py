@@ -1,8 +1,10 @@
 """``mela pipeline``: every step on one data set, then the comparison table.
 
-Each step runs with its own config (composed from its yaml), the pipeline's
-shared settings and its per-step section; runs are named after the pipeline run,
-so rerunning with the same ``run_name`` resumes and skips finished steps.
+Each step's config is composed once (its yaml, the pipeline's shared settings and
+its per-step section) and read into typed settings before anything runs, so a typo
+fails before any training. The data set is opened once and every split loaded once,
+for all steps. Runs are named after the pipeline run, so rerunning with the same
+``run_name`` resumes and skips finished steps.
 """
 
 from __future__ import annotations
@@ -10,51 +12,55 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from mela.config import apply, compose_config
+from mela.config import compose_pipeline_step, readers
+from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.errors import MelaError
 from mela.models.registry import check_model_name
-from mela.steps import common, fine_tune, learn_labeler, learn_meta_repr, meta_eval, sup_baseline
-from mela.workspace import saves_dir, workspace_root
+from mela.runs.store import RunSettings, RunStore
+from mela.steps import fine_tune, learn_labeler, learn_meta_repr, meta_eval, sup_baseline
+from mela.workspace import data_dir, saves_dir, workspace_root
 
-TRAINING_STEPS = {
+TRAINING_STEPS: dict[str, Callable[..., dict]] = {
     "learn_meta_repr": learn_meta_repr.run,
     "learn_labeler": learn_labeler.run,
     "fine_tune": fine_tune.run,
     "sup_baseline": sup_baseline.run,
 }
+READERS = {"learn_meta_repr": learn_meta_repr.read_settings, "learn_labeler": learn_labeler.read_settings,
+           "fine_tune": fine_tune.read_settings, "sup_baseline": sup_baseline.read_settings}
 # Which trained model each results row evaluates.
 EVALUATED = (("meta_repr", "learn_meta_repr"), ("mela", "learn_labeler"), ("mela_finetune", "fine_tune"),
              ("oracle", "sup_baseline"))
-SHARED = ("workspace", "device", "seed", "progress", "dataset", "n_ways", "n_shots", "n_queries", "hflip",
-          "custom_path", "custom_split", "image_size")
 
 
-def step_config(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:
-    """The step's own config, overlaid with the pipeline's shared keys and its section."""
-    base = compose_config(step)
-    shared = {k: cfg[k] for k in SHARED if k in base}
-    if "val_n_ways" in base:
-        shared["val_n_ways"] = cfg.n_ways
-    if step == "learn_labeler":
-        shared.update(label_recovery_model=cfg.model, train_model=cfg.model)
-    elif "model" in base:
-        shared["model"] = cfg.model
-    if step == "meta_eval":
-        shared["test_db_size"] = cfg.test_db_size
-    else:
-        shared["test_db_size"] = cfg.val_db_size
-    section = cfg.get(step)
-    section = {} if section is None else OmegaConf.to_container(section, resolve=True)
-    return apply(base, {**shared, **section, "run_name": run_name, **(extra or {})}, step)
+@dataclass(frozen=True)
+class PipelineSettings:
+    run: RunSettings
+    dataset: DatasetRef
+    model: str
+    steps: Mapping[str, object]
+    evaluation: meta_eval.MetaEvalSettings
+    config: Mapping
 
 
-def _finished(root: Path, step: str, run_name: str) -> dict | None:
-    done = saves_dir(root) / step / run_name / common.DONE_FILE
-    return json.loads(done.read_text()) if done.exists() else None
+def read_settings(cfg: DictConfig) -> PipelineSettings:
+    """Compose and read every step's config, once; a bad value anywhere fails here."""
+    check_model_name(str(cfg.model))
+    run_settings = readers.read_run(cfg)
+    run_name = run_settings.run_name or f"{cfg.dataset}_{cfg.model}_{time.strftime('%Y%m%d-%H%M%S')}"
+    saves = saves_dir(workspace_root(run_settings.workspace))
+    refs = {"learn_labeler": {"pretrained_labeler": str(saves / "learn_meta_repr" / run_name)},
+            "fine_tune": {"pretrained_model": str(saves / "learn_labeler" / run_name)}}
+    steps = {step: read(compose_pipeline_step(cfg, step, run_name, refs.get(step))) for step, read in READERS.items()}
+    evaluation = meta_eval.read_settings(compose_pipeline_step(cfg, "meta_eval", run_name))
+    config = {**readers.record(cfg), "run_name": run_name}
+    return PipelineSettings(RunSettings(run_settings.workspace, run_name, run_settings.device, run_settings.seed),
+                            readers.read_dataset(cfg), str(cfg.model), steps, evaluation, config)
 
 
 def results_table(rows: list[dict]) -> str:
@@ -69,42 +75,41 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: DictConfig) -> dict:
-    """Run (or resume) the pipeline and write ``results.json``; returns its content."""
-    check_model_name(str(cfg.model))
+def labeler_line(labeler: Mapping) -> str:
+    return (f"labeler: {labeler['clusters']} clusters for {labeler['true_classes']} true classes, clustering accuracy "
+            f"{labeler['clustering_accuracy']:.3f}, {labeler['tasks_kept']}/{labeler['tasks_total']} tasks kept")
+
+
+def run(settings: PipelineSettings, dataset: Dataset | None = None) -> dict:
+    """Run (or resume) the pipeline and write ``results.json``; returns its content plus its ``path``."""
     started = time.time()
-    root = workspace_root(cfg.get("workspace"))
-    run_name = cfg.run_name or f"{cfg.dataset}_{cfg.model}_{time.strftime('%Y%m%d-%H%M%S')}"
-    pipeline_dir = saves_dir(root) / "pipeline" / run_name
+    store = RunStore(settings.run.workspace)
+    run_name = str(settings.run.run_name)
+    pipeline_dir = store.saves / "pipeline" / run_name
+    data = dataset or open_dataset(settings.dataset, data_dir(store.root))
     pipeline_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, pipeline_dir / "config.yaml", resolve=True)
-    # Compose every step's config first, so a typo fails before any training.
-    refs = {"learn_labeler": {"pretrained_labeler": str(saves_dir(root) / "learn_meta_repr" / run_name)},
-            "fine_tune": {"pretrained_model": str(saves_dir(root) / "learn_labeler" / run_name)}}
-    configs = {step: step_config(cfg, step, run_name, refs.get(step)) for step in TRAINING_STEPS}
-    step_config(cfg, "meta_eval", run_name)  # a bad meta_eval section fails now, not after training
+    OmegaConf.save(OmegaConf.create(dict(settings.config)), pipeline_dir / "config.yaml")
     outcomes: dict[str, dict] = {}
     for step, step_run in TRAINING_STEPS.items():
-        done = _finished(root, step, run_name)
+        done = store.finished(step, run_name)
         if done is not None:
             print(f"[pipeline] {step}: already finished in {done['run_dir']}, reusing it")
             outcomes[step] = done
             continue
         print(f"[pipeline] {step} ...")
-        outcomes[step] = step_run(configs[step])
+        outcomes[step] = step_run(settings.steps[step], data)
     rows = []
     for label, step in EVALUATED:
         eval_name = f"{run_name}_{label}"
-        done = _finished(root, "meta_eval", eval_name)
+        done = store.finished("meta_eval", eval_name)
         if done is None:
-            eval_cfg = step_config(cfg, "meta_eval", eval_name,
-                                   {"pretrained_model": str(saves_dir(root) / step / run_name), "model": cfg.model})
-            done = meta_eval.run(eval_cfg)
+            evaluation = settings.evaluation.for_model(eval_name, str(store.run_dir(step, run_name)), settings.model)
+            done = meta_eval.run(evaluation, data)
         rows += [{"model": label, "shots": r["shots"], "acc": r["acc"], "ci": r["ci"]} for r in done["rows"]]
     labeler = outcomes["learn_labeler"].get("labeler")
     if labeler is None:
         raise MelaError(f"the learn_labeler run of {run_name} has no labeler summary; delete it and rerun")
-    results = {"dataset": str(cfg.dataset), "model": str(cfg.model), "run_name": run_name, "rows": rows,
+    results = {"dataset": settings.dataset.name, "model": settings.model, "run_name": run_name, "rows": rows,
                "labeler": labeler, "seconds": round(time.time() - started, 1)}
     path = pipeline_dir / "results.json"
     tmp = pipeline_dir / ".results.json.tmp"
@@ -112,9 +117,9 @@ def run(cfg: DictConfig) -> dict:
     os.replace(tmp, path)
     print()
     print(results_table(rows))
-    print(f"labeler: {labeler['clusters']} clusters for {labeler['true_classes']} true classes, clustering accuracy "
-          f"{labeler['clustering_accuracy']:.3f}, {labeler['tasks_kept']}/{labeler['tasks_total']} tasks kept")
+    print(labeler_line(labeler))
     print(f"pipeline time: {results['seconds']:.0f} s")
     print(path)
     results["path"] = str(path)
     return results
+

@@ -2,47 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 from omegaconf import DictConfig
 
-from mela.data.base import DatasetSpec, ImageSplit
-from mela.methods.supervised import head_sizes, supervised_epoch
-from mela.methods.training import Trainer
-from mela.models.feature_model import Classifier, FeatureModel
+from mela.config import readers
+from mela.data.base import ImageSplit
+from mela.data.registry import Dataset, DatasetRef, open_dataset
+from mela.engine.checkpoint import initial_model
+from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.models.registry import check_model_name
-from mela.steps import common
-from mela.workspace import workspace_root
+from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
+from mela.workspace import data_dir
+
+STEP = "sup_baseline"
 
 
-def train_supervised(
-    ctx: common.RunContext,
-    cfg: DictConfig,
-    spec: DatasetSpec,
-    images_split: ImageSplit,
-    item_images: np.ndarray,
-    label_sets: list[np.ndarray],
-    model: FeatureModel,
-    val: ImageSplit,
-    data_aug: bool,
-    rotate_aug: bool,
-    metadata: dict,
-) -> dict:
-    """Cross-entropy pre-training of ``model`` + linear head(s); shared by sup_baseline and learn_labeler."""
-    n_classes = [int(ls.max()) + 1 for ls in label_sets]
-    model.to(ctx.device)
-    classifier = Classifier(model, head_sizes(n_classes, rotate_aug)).to(ctx.device)
-    trainer = Trainer(ctx.run_dir, model, classifier, common.optim_settings(cfg),
-                      common.step_validator(ctx, model, val, spec, cfg), ctx.log, metadata)
-    ctx.log(f"supervised training on {len(item_images)} images, {n_classes} classes per head, "
-            f"data_aug={data_aug} rotate_aug={rotate_aug}")
-    epoch_fn = supervised_epoch(classifier, trainer.optimizer, common.images_tensor(images_split, ctx.device),
-                                item_images, label_sets, n_classes, common.augmenter(spec, cfg, data_aug),
-                                int(cfg.batch_size), ctx.device, int(cfg.seed), rotate_aug, bool(cfg.progress))
-    state = trainer.fit(epoch_fn)
-    chosen = trainer.select(f"{int(cfg.val_n_shots)}shot")
-    common.publish_model(ctx, chosen)
-    return {"model": str(ctx.run_dir / common.MODEL_FILE), "selected": chosen.name, "best_val": state.best,
-            "n_classes": n_classes}
+@dataclass(frozen=True)
+class SupBaselineSettings:
+    run: RunSettings
+    dataset: DatasetRef
+    model: str
+    feat_dim: int | None
+    pretrained_model: str | None
+    training: SupervisedSettings
+    config: Mapping
+
+
+def read_settings(cfg: DictConfig) -> SupBaselineSettings:
+    check_model_name(str(cfg.model))
+    return SupBaselineSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
+                               readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model),
+                               readers.read_supervised(cfg), readers.record(cfg))
 
 
 def true_label_sets(train: ImageSplit) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -53,16 +46,17 @@ def true_label_sets(train: ImageSplit) -> tuple[np.ndarray, list[np.ndarray]]:
     return train.item_images(), [train.labels]
 
 
-def run(cfg: DictConfig) -> dict:
-    check_model_name(cfg.model)
-    spec = common.dataset_spec(cfg)
-    root = workspace_root(cfg.get("workspace"))
-    start = common.find_model(cfg.pretrained_model, root, common.STEPS, None)
-    train = common.load_data(cfg, spec, "train", root)
-    val = common.load_data(cfg, spec, "val", root)
-    ctx = common.start_run(cfg, "sup_baseline", cfg.model)
-    model = common.initial_model(start, cfg.model, common.in_channels(train), cfg.feat_dim, ctx)
+def run(settings: SupBaselineSettings, dataset: Dataset | None = None) -> dict:
+    store = RunStore(settings.run.workspace)
+    data = dataset or open_dataset(settings.dataset, data_dir(store.root))
+    start = store.find_model(settings.pretrained_model, STEPS, None)
+    train, val = data.split("train"), data.split("val")
+    run = start_run(settings.run, STEP, settings.dataset.name, settings.model, settings.config)
+    model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
     item_images, label_sets = true_label_sets(train)
-    result = train_supervised(ctx, cfg, spec, train, item_images, label_sets, model, val, bool(cfg.data_aug),
-                              bool(cfg.rotate_aug), {"step": "sup_baseline", "dataset": str(cfg.dataset)})
-    return common.finish_run(ctx, result)
+    outcome, n_classes = train_supervised(model, train, item_images, label_sets, val, data.mean, data.std,
+                                          settings.training, run.device, run.run_dir, run.log,
+                                          {"step": STEP, "dataset": settings.dataset.name})
+    run.publish_model(outcome.chosen)
+    return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
+                       "best_val": outcome.best_val, "n_classes": n_classes})

@@ -16,8 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mela.data.base import ImageSplit
+from mela.data.samplers import TaskShape
+from mela.engine.checkpoint import load_checkpoint, model_payload, save_atomic
 from mela.errors import MelaError
-from mela.methods.checkpoint import load_checkpoint, model_payload, save_atomic
+from mela.methods.evaluator import EvalProtocol, evaluate_model
 from mela.models.feature_model import FeatureModel
 
 
@@ -55,6 +58,57 @@ class OptimSettings:
     def first_decay(self) -> int:
         """Epoch (1-based) from which validation runs: the first lr decay, or the last epoch."""
         return min([e for e in self.lr_decay_epochs if e >= 1] + [self.epochs])
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """Validation inside a training step.
+
+    Attributes:
+        shapes: one validation task shape per shot count (``val_shots``).
+        n_tasks: validation tasks per shape (``test_db_size``).
+        protocol: the test-time classifier (the same as meta_eval's).
+        select_shots: the shot count whose best validation picks ``model.pt`` (``val_n_shots``).
+    """
+
+    shapes: tuple[TaskShape, ...]
+    n_tasks: int
+    protocol: EvalProtocol = EvalProtocol()
+    select_shots: int = 5
+
+    def __post_init__(self) -> None:
+        shots = [shape.n_shots for shape in self.shapes]
+        if self.select_shots not in shots:
+            raise MelaError(f"val_n_shots={self.select_shots} picks the model by a validation that does not run: "
+                            f"add it to val_shots (now {shots})")
+
+    @property
+    def select_key(self) -> str:
+        return f"{self.select_shots}shot"
+
+
+def make_validator(
+    model: FeatureModel, val: ImageSplit, mean: tuple[float, ...], std: tuple[float, ...],
+    settings: ValidationSettings, device: torch.device,
+) -> Callable[[], dict[str, float]]:
+    """Validation: mean test-time accuracy on ``n_tasks`` val tasks of each shape, keyed ``<k>shot``."""
+
+    def run() -> dict[str, float]:
+        results = evaluate_model(model, val, list(settings.shapes), settings.n_tasks, settings.protocol, mean, std,
+                                 device)
+        return {f"{shape.n_shots}shot": result.overall.acc
+                for shape, result in zip(settings.shapes, results, strict=True)}
+
+    return run
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a training recipe hands back: the checkpoint later steps should load and the validation record."""
+
+    chosen: Path
+    best_val: dict[str, float]
+    history: list[dict]
 
 
 def make_optimizer(params: Iterable[nn.Parameter], settings: OptimSettings) -> torch.optim.Optimizer:

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mela.engine.trainer import OptimSettings, Trainer, learning_rate_at, parse_decay_epochs
 from mela.errors import MelaError
-from mela.methods.training import OptimSettings, Trainer, learning_rate_at, parse_decay_epochs
 from mela.models.feature_model import FeatureModel, ModelSpec
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from mela.errors import MelaError
-from mela.models.feature_model import FeatureModel, ModelSpec
+from mela.models.feature_model import FeatureModel, ModelSpec, build_model, check_feat_dim
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -47,3 +48,14 @@ def load_feature_model(path: Path, device: torch.device) -> tuple[FeatureModel, 
     model = FeatureModel(ModelSpec.from_dict(payload["spec"]))
     model.load_state_dict(payload["state_dict"])
     return model.to(device), payload
+
+
+def initial_model(start: Path | None, name: str, in_channels: int, feat_dim: int | None, device: torch.device,
+                  log: Callable[[str], None]) -> FeatureModel:
+    """The model a training step starts from: a saved one (``pretrained_model``) or a fresh ``name``."""
+    if start is None:
+        return build_model(name, in_channels, feat_dim)
+    model, _ = load_feature_model(start, device)
+    log(f"starting from {start}")
+    check_feat_dim(feat_dim, model)
+    return model

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from mela.data.augment import Augmenter, rotate90
+from mela.data.augment import Augmenter, AugmentSettings, rotate90
+from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, TaskSource
+from mela.device import place_images
+from mela.engine.trainer import OptimSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
+from mela.errors import MelaError
 from mela.methods.ridge import task_ridge_loss
+from mela.models.feature_model import FeatureModel
 
 
 @dataclass(frozen=True)
@@ -96,3 +102,69 @@ def episodic_epoch(
         return {key: value / max(len(tasks), 1) for key, value in totals.items()}
 
     return run
+
+
+@dataclass(frozen=True)
+class EpisodicSettings:
+    """One episodic training run (learn_meta_repr, fine_tune); names follow the reference's config.
+
+    Attributes:
+        shape: the training task shape (``n_ways``, ``n_shots``, ``n_queries``).
+        optim: optimiser and schedule.
+        validation: validation tasks and model selection.
+        augment: training-time augmentation.
+        loss: the ridge loss options.
+        no_replacement, fixed_db, train_db_size: how tasks are sampled (see :class:`TaskSource`).
+        tasks_per_step: tasks per optimiser step.
+        rotate_aug: rotate each local class by a random multiple of 90 degrees.
+        seed: seeds the task pile, its order and the augmentation draws.
+        progress: show a progress bar per epoch.
+    """
+
+    shape: TaskShape
+    optim: OptimSettings
+    validation: ValidationSettings
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    loss: RidgeLossSettings = field(default_factory=RidgeLossSettings)
+    no_replacement: bool = True
+    fixed_db: bool = True
+    train_db_size: int = 2800
+    tasks_per_step: int = 1
+    rotate_aug: bool = False
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tasks_per_step < 1:
+            raise MelaError(f"tasks_per_step must be at least 1, got {self.tasks_per_step}")
+        if self.loss.hinge_mask not in ("fixed", "reference"):
+            raise MelaError(f"hinge_mask must be fixed or reference, got {self.loss.hinge_mask}")
+
+
+def train_episodic(
+    model: FeatureModel,
+    train: ImageSplit,
+    val: ImageSplit,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    settings: EpisodicSettings,
+    device: torch.device,
+    run_dir: Path,
+    log: Callable[[str], None],
+    metadata: dict,
+) -> tuple[TrainOutcome, int]:
+    """Episodic ridge training with validation, best checkpoints and resume; returns the outcome and tasks/epoch."""
+    shape = settings.shape
+    source = TaskSource(train, shape, settings.no_replacement, settings.fixed_db, settings.train_db_size,
+                        settings.seed)
+    how = "fixed pile, no replacement" if settings.no_replacement else "drawn"
+    log(f"{len(source)} training tasks per epoch ({how}), {train.n_classes} classes, {train.n_items} images")
+    model.to(device)
+    trainer = Trainer(run_dir, model, model, settings.optim,
+                      make_validator(model, val, mean, std, settings.validation, device), log, metadata)
+    epoch_fn = episodic_epoch(model, trainer.optimizer, source, shape, place_images(train.images, device),
+                              train.item_images(), settings.augment.build(mean, std), settings.loss, device,
+                              settings.seed, settings.rotate_aug, settings.tasks_per_step, settings.progress)
+    state = trainer.fit(epoch_fn)
+    chosen = trainer.select(settings.validation.select_key)
+    return TrainOutcome(chosen, dict(state.best), list(state.history)), len(source)

@@ -106,3 +106,24 @@ def apply(cfg: DictConfig, values: dict, where: str = "") -> DictConfig:
         key = getattr(exc, "key", None)
         what = f"'{key}' is not a {where} setting" if key and where else _one_line(exc)
         raise MelaError(f"bad setting: {what} (see `mela {where.replace('_', '-')} --help`)") from exc
+
+
+# What the pipeline hands every step: its shared keys (where the step has them) and its per-step section.
+PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "dataset", "n_ways", "n_shots", "n_queries", "hflip",
+                   "custom_path", "custom_split", "image_size")
+
+
+def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:
+    """Step ``step``'s own config, overlaid with the pipeline's shared keys, its section and ``extra``."""
+    base = compose_config(step)
+    shared = {k: cfg[k] for k in PIPELINE_SHARED if k in base}
+    if "val_n_ways" in base:
+        shared["val_n_ways"] = cfg.n_ways
+    if step == "learn_labeler":
+        shared.update(label_recovery_model=cfg.model, train_model=cfg.model)
+    elif "model" in base:
+        shared["model"] = cfg.model
+    shared["test_db_size"] = cfg.test_db_size if step == "meta_eval" else cfg.val_db_size
+    section = cfg.get(step)
+    section = {} if section is None else OmegaConf.to_container(section, resolve=True)
+    return apply(base, {**shared, **section, "run_name": run_name, **(extra or {})}, step)

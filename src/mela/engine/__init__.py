@@ -1,0 +1,1 @@
+"""The engine: one training loop (Trainer), checkpoint I/O, and the episodic and supervised recipes."""

@@ -1,0 +1,133 @@
+"""Supervised pre-training on a flat labelled data set (learn_labeler's second half, sup_baseline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mela.data.augment import Augmenter, AugmentSettings, rotation_expand
+from mela.data.base import ImageSplit
+from mela.device import place_images
+from mela.engine.trainer import OptimSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
+from mela.errors import MelaError
+from mela.models.feature_model import Classifier, FeatureModel
+
+
+def head_sizes(n_classes: list[int], rotate_aug: bool) -> list[int]:
+    """Outputs per head: rotation augmentation gives every class four rotated copies (label + r * n)."""
+    return [n * 4 if rotate_aug else n for n in n_classes]
+
+
+def supervised_epoch(
+    classifier: Classifier,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    item_images: np.ndarray,
+    label_sets: list[np.ndarray],
+    n_classes: list[int],
+    augmenter: Augmenter,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    rotate_aug: bool = False,
+    progress: bool = False,
+) -> Callable[[int], dict[str, float]]:
+    """Build the function that trains one epoch of cross-entropy over the items.
+
+    ``label_sets`` holds one label array per head (one head unless multi-head,
+    h_aircraft's three granularities); the loss is the mean over heads.
+    """
+    labels = [torch.from_numpy(np.asarray(ls, dtype=np.int64)) for ls in label_sets]
+
+    def run(epoch: int) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        device_generator = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed + epoch)
+        order = torch.randperm(len(item_images), generator=generator)
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = range(0, len(order), batch_size)
+        for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
+            idx = order[start:start + batch_size]
+            rows = torch.from_numpy(item_images[idx.numpy()])
+            x = augmenter(images[rows.to(images.device)].to(device, non_blocking=True), device_generator)
+            targets = [ls[idx].to(device) for ls in labels]
+            if rotate_aug:
+                expanded = [rotation_expand(x, t, n) for t, n in zip(targets, n_classes, strict=True)]
+                x = expanded[0][0]
+                targets = [t for _, t in expanded]
+            outputs = classifier(x)
+            loss = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets, strict=True)]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(x)
+            correct += int((outputs[0].argmax(-1) == targets[0]).sum())
+            seen += len(x)
+        return {"loss": total_loss / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+
+    return run
+
+
+@dataclass(frozen=True)
+class SupervisedSettings:
+    """One supervised pre-training run (learn_labeler's second half, sup_baseline).
+
+    Attributes:
+        optim: optimiser and schedule.
+        validation: validation tasks and model selection.
+        batch_size: images per step.
+        augment: training-time augmentation.
+        rotate_aug: every class gets four rotated copies (label + r * n_classes).
+        seed: seeds the batch order and the augmentation draws.
+        progress: show a progress bar per epoch.
+    """
+
+    optim: OptimSettings
+    validation: ValidationSettings
+    batch_size: int = 128
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    rotate_aug: bool = False
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise MelaError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+def train_supervised(
+    model: FeatureModel,
+    images: ImageSplit,
+    item_images: np.ndarray,
+    label_sets: list[np.ndarray],
+    val: ImageSplit,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    settings: SupervisedSettings,
+    device: torch.device,
+    run_dir: Path,
+    log: Callable[[str], None],
+    metadata: dict,
+) -> tuple[TrainOutcome, list[int]]:
+    """Cross-entropy pre-training of ``model`` + linear head(s); returns the outcome and classes per head.
+
+    ``item_images`` are rows of ``images.images``; ``label_sets`` one label array per head, aligned with them.
+    """
+    n_classes = [int(ls.max()) + 1 for ls in label_sets]
+    model.to(device)
+    classifier = Classifier(model, head_sizes(n_classes, settings.rotate_aug)).to(device)
+    trainer = Trainer(run_dir, model, classifier, settings.optim,
+                      make_validator(model, val, mean, std, settings.validation, device), log, metadata)
+    log(f"supervised training on {len(item_images)} images, {n_classes} classes per head, "
+        f"data_aug={settings.augment.enabled} rotate_aug={settings.rotate_aug}")
+    epoch_fn = supervised_epoch(classifier, trainer.optimizer, place_images(images.images, device), item_images,
+                                label_sets, n_classes, settings.augment.build(mean, std), settings.batch_size, device,
+                                settings.seed, settings.rotate_aug, settings.progress)
+    state = trainer.fit(epoch_fn)
+    chosen = trainer.select(settings.validation.select_key)
+    return TrainOutcome(chosen, dict(state.best), list(state.history)), n_classes

@@ -1,0 +1,94 @@
+"""From a task pile's features to global labels: the labeler's whole procedure, as one call.
+
+:mod:`mela.methods.labeler` holds the clustering math; this module strings it
+together (keys, same-class distance, centroids, one-to-one labelling) and turns
+the result into labelled images for pre-training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mela.data.base import ImageSplit
+from mela.methods.evaluator import extract_features
+from mela.methods.labeler import (
+    LabelerConfig,
+    clustering_report,
+    fit_centroids,
+    label_tasks,
+    same_class_key_distance,
+    task_keys,
+)
+
+
+@dataclass(frozen=True)
+class GlobalLabels:
+    """Inferred global classes of a task pile.
+
+    Attributes:
+        centroids: (K, d) one centroid per global class found.
+        assigned: (T, n_ways) centroid index of each task class; -1 for a task the labeler dropped
+            (``labeler=reference`` only).
+        passes: what each clustering pass did (spawned, pruned, merged, ...); empty with given centroids.
+        key_distance: the typical distance between two keys of one class (improved mode), else None.
+    """
+
+    centroids: np.ndarray
+    assigned: np.ndarray
+    passes: list[dict] = field(default_factory=list)
+    key_distance: float | None = None
+
+    @property
+    def n_clusters(self) -> int:
+        """Global classes that label at least one task class."""
+        return len(np.unique(self.assigned[self.assigned >= 0]))
+
+    def labelled_items(self, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Items of the kept tasks and their inferred labels, renumbered 0..n_clusters-1.
+
+        ``tasks`` is the (T, n_ways, per_class) item pile the labels were inferred from.
+        """
+        kept = (self.assigned >= 0).all(axis=1)
+        items = tasks[kept].reshape(-1)
+        clusters = np.repeat(self.assigned[kept], tasks.shape[2], axis=1).reshape(-1)
+        _, labels = np.unique(clusters, return_inverse=True)
+        return items, labels
+
+    def report(self, true_classes: np.ndarray | None = None) -> dict:
+        """Counts, and with ``true_classes`` (T, n_ways) the agreement with them (see ``clustering_report``)."""
+        base = {"centroids": len(self.centroids), "clusters": self.n_clusters,
+                "tasks_kept": int((self.assigned >= 0).all(axis=1).sum()), "tasks_total": int(len(self.assigned))}
+        if true_classes is not None:
+            base.update(clustering_report(self.assigned, true_classes))
+        return {**base, "passes": self.passes, "same_class_key_distance": self.key_distance}
+
+
+def infer_global_labels(
+    features: np.ndarray, config: LabelerConfig = LabelerConfig(), centroids: np.ndarray | None = None
+) -> GlobalLabels:
+    """Cluster a pile's classes into global classes and label every task.
+
+    Args:
+        features: (T, n_ways, m, d) features of the m images of each local class of each task.
+        config: the clustering settings.
+        centroids: reuse these (K, d) centroids instead of fitting new ones.
+    """
+    keys = task_keys(features)
+    key_distance = same_class_key_distance(features) if config.mode == "improved" else None
+    passes: list[dict] = []
+    if centroids is None:
+        clustering = fit_centroids(keys, config, key_distance)
+        centroids, passes = clustering.centroids, clustering.passes
+    return GlobalLabels(np.asarray(centroids), label_tasks(keys, centroids, config.mode), passes, key_distance)
+
+
+def pile_features(
+    model: torch.nn.Module, split: ImageSplit, tasks: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
+    device: torch.device,
+) -> np.ndarray:
+    """(T, n_ways, per_class, d) features of the pile's images, without augmentation."""
+    features = extract_features(model, split.images, mean, std, device).numpy()
+    return features[split.item_images()][tasks]
