@@ -1,0 +1,336 @@
+"""mela from Python: load data, build a model, meta-train, infer global labels, pre-train, evaluate.
+
+Every function returns plain dataclasses and writes files only where asked
+(``run_dir=...``; :func:`run_pipeline` writes its run folders in the workspace, as
+``mela pipeline`` does). The CLI steps are built from the same pieces.
+
+    import mela
+
+    glyphs = mela.open_dataset("glyphs")
+    model = mela.create_model("convnet4", in_channels=1)
+    trained = mela.meta_train(model, glyphs, epochs=1)
+    scores = mela.evaluate(trained.model, glyphs, shots=(1, 5))
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mela.data.augment import AugmentSettings
+from mela.data.base import ImageSplit
+from mela.data.registry import Dataset, DatasetRef
+from mela.data.registry import open_dataset as _open_dataset
+from mela.data.samplers import TaskShape, labeling_pile
+from mela.device import pick_device
+from mela.engine.checkpoint import load_feature_model
+from mela.engine.episodic import EpisodicSettings, RidgeLossSettings, train_episodic
+from mela.engine.supervised import SupervisedSettings, train_supervised
+from mela.engine.trainer import OptimSettings, TrainOutcome, ValidationSettings
+from mela.errors import MelaError
+from mela.methods.evaluator import EvalProtocol, evaluate_model
+from mela.methods.global_labels import GlobalLabels, pile_features
+from mela.methods.global_labels import infer_global_labels as _infer_from_features
+from mela.methods.labeler import LabelerConfig
+from mela.models.feature_model import FeatureModel, build_model
+from mela.workspace import data_dir, workspace_root
+
+Log = Callable[[str], None]
+DeviceLike = str | torch.device | None
+
+
+def _device(device: DeviceLike) -> torch.device:
+    return device if isinstance(device, torch.device) else pick_device(str(device or "auto"))
+
+
+def _dataset(dataset: Dataset | str, workspace: str | None = None) -> Dataset:
+    return dataset if isinstance(dataset, Dataset) else open_dataset(dataset, workspace=workspace)
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def open_dataset(name: str = "glyphs", *, workspace: str | None = None, path: str | None = None,
+                 split_file: str | None = None, image_size: int = 84, seed: int = 0) -> Dataset:
+    """A registered data set; ``dataset.split("train")`` loads a split (once) as an :class:`ImageSplit`.
+
+    ``name="custom"`` reads your images from ``path`` (a folder of class folders or an ``.npz``).
+    Benchmark data sets are read from ``$WORKSPACE/metaL_data`` (or ``workspace``).
+    """
+    ref = DatasetRef(name, path, split_file, image_size, seed)
+    return _open_dataset(ref, data_dir(workspace_root(workspace)))
+
+
+def load_dataset(name: str = "glyphs", split: str = "train", **options: object) -> ImageSplit:
+    """One split: ``images`` (N, H, W, C) uint8 and ``labels`` (N,) int64; options as :func:`open_dataset`."""
+    return open_dataset(name, **options).split(split)
+
+
+def create_model(name: str = "convnet4", in_channels: int = 3, *, residual_mlp: bool = False) -> FeatureModel:
+    """A fresh feature model: images (B, C, H, W) -> features (B, ``model.feat_dim``). ``mela models`` lists names."""
+    return build_model(name, in_channels, None, residual_mlp)
+
+
+def load_model(path: str | Path, device: DeviceLike = None) -> FeatureModel:
+    """A model saved by any step (a ``model.pt``, ``best_5shot.pt``, ...), on ``device``."""
+    model, _ = load_feature_model(Path(path), _device(device))
+    return model
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained model (the checkpoint selected by validation, loaded) and its record.
+
+    Attributes:
+        model: the selected weights (best validation at ``select_shots``).
+        best_val: best validation accuracy (%) per shot count, e.g. ``{"1shot": 91.2, "5shot": 97.0}``.
+        history: one dict per epoch (lr, losses, validation accuracies).
+        checkpoint: the selected checkpoint file when ``run_dir`` was given, else None.
+    """
+
+    model: FeatureModel
+    best_val: dict[str, float]
+    history: list[dict]
+    checkpoint: Path | None = None
+
+
+def _train_in(run_dir: str | Path | None, device: torch.device,
+              train: Callable[[Path], TrainOutcome]) -> TrainResult:
+    """Run ``train(folder)`` in ``run_dir`` (kept) or a temporary folder (removed); load the chosen model."""
+    if run_dir is not None:
+        folder = Path(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        outcome = train(folder)
+        return TrainResult(load_model(outcome.chosen, device), outcome.best_val, outcome.history, outcome.chosen)
+    with tempfile.TemporaryDirectory(prefix="mela-") as tmp:
+        outcome = train(Path(tmp))
+        return TrainResult(load_model(outcome.chosen, device), outcome.best_val, outcome.history, None)
+
+
+def _validation(val_shots: Sequence[int], n_ways: int, n_queries: int, val_tasks: int) -> ValidationSettings:
+    shapes = tuple(TaskShape(n_ways, int(k), n_queries) for k in val_shots)
+    return ValidationSettings(shapes, val_tasks, EvalProtocol(), int(max(val_shots)))
+
+
+def meta_train(
+    model: FeatureModel,
+    dataset: Dataset | str,
+    *,
+    n_ways: int = 5,
+    n_shots: int = 5,
+    n_queries: int = 5,
+    epochs: int = 6,
+    learning_rate: float = 0.05,
+    lr_decay_epochs: Sequence[int] = (),
+    tasks_per_step: int = 4,
+    train_db_size: int = 2800,
+    no_replacement: bool = True,
+    data_aug: bool = True,
+    hflip: bool = True,
+    val_shots: Sequence[int] = (1, 5),
+    val_tasks: int = 200,
+    seed: int = 0,
+    device: DeviceLike = None,
+    run_dir: str | Path | None = None,
+    log: Log | None = print,
+    settings: EpisodicSettings | None = None,
+) -> TrainResult:
+    """Step 1: train ``model`` with the ridge meta-learner on locally labelled tasks of the train split.
+
+    Tasks are ``n_ways``-way with ``n_shots`` + ``n_queries`` images per class; validation on the val split
+    picks the returned weights (best at the largest of ``val_shots``). ``settings`` overrides every keyword.
+    ``run_dir`` keeps the checkpoints there (and resumes from them); otherwise nothing is written.
+    """
+    data, device = _dataset(dataset), _device(device)
+    if settings is None:
+        settings = EpisodicSettings(
+            shape=TaskShape(n_ways, n_shots, n_queries),
+            optim=OptimSettings(epochs, learning_rate, lr_decay_epochs=tuple(lr_decay_epochs)),
+            validation=_validation(val_shots, n_ways, n_queries, val_tasks),
+            augment=AugmentSettings(data_aug, hflip), loss=RidgeLossSettings(), no_replacement=no_replacement,
+            fixed_db=True, train_db_size=train_db_size, tasks_per_step=tasks_per_step, seed=seed)
+    train, val = data.split("train"), data.split("val")
+    return _train_in(run_dir, device, lambda folder: train_episodic(
+        model, train, val, data.mean, data.std, settings, device, folder, log or _quiet,
+        {"step": "learn_meta_repr", "dataset": data.name})[0])
+
+
+def label_pile(dataset: Dataset | str, *, n_ways: int = 5, images_per_class: int = 10, no_replacement: bool = True,
+               n_tasks: int = 2800, seed: int = 0) -> np.ndarray:
+    """The task pile of the train split the labeler reads: (T, n_ways, images_per_class) item indices.
+
+    With ``no_replacement`` every image is used at most once (the pile's size follows from the data);
+    otherwise ``n_tasks`` seeded tasks.
+    """
+    shape = TaskShape(n_ways, images_per_class - 1, 1) if images_per_class > 1 else TaskShape(n_ways, 1, 0)
+    return labeling_pile(_dataset(dataset).split("train"), shape, no_replacement, n_tasks, seed)
+
+
+def infer_global_labels(
+    features_or_model: np.ndarray | torch.nn.Module,
+    tasks: np.ndarray | None = None,
+    dataset: Dataset | str | None = None,
+    *,
+    labeler: LabelerConfig | None = None,
+    centroids: np.ndarray | None = None,
+    device: DeviceLike = None,
+) -> GlobalLabels:
+    """Step 2a: cluster the classes of a task pile into global classes.
+
+    Args:
+        features_or_model: (T, n_ways, m, d) features of each task class's m images, or a model that computes
+            them from ``dataset``'s train split for the item indices in ``tasks``.
+        tasks: (T, n_ways, m) item indices (see :func:`label_pile`); needed with a model.
+        dataset: whose train split ``tasks`` index; needed with a model.
+        labeler: clustering settings (default: the improved labeler, ``K=400``).
+        centroids: reuse fitted (K, d) centroids instead of clustering.
+
+    Returns a :class:`GlobalLabels`: ``centroids``, ``assigned`` (T, n_ways) and ``report(true_classes)``.
+    """
+    features = features_or_model
+    if isinstance(features_or_model, torch.nn.Module):
+        if tasks is None or dataset is None:
+            raise MelaError("infer_global_labels with a model needs the tasks and the dataset they index")
+        data, device = _dataset(dataset), _device(device)
+        features = pile_features(features_or_model.to(device), data.split("train"), np.asarray(tasks), data.mean,
+                                 data.std, device)
+    features = np.asarray(features)
+    if features.ndim != 4:
+        raise MelaError(f"features must be (tasks, n_ways, images per class, dim), got shape {features.shape}")
+    return _infer_from_features(features, labeler or LabelerConfig(), centroids)
+
+
+def pretrain(
+    model: FeatureModel,
+    dataset: Dataset | str,
+    labels: GlobalLabels | None = None,
+    tasks: np.ndarray | None = None,
+    *,
+    epochs: int = 8,
+    batch_size: int = 128,
+    learning_rate: float = 0.05,
+    lr_decay_epochs: Sequence[int] = (),
+    data_aug: bool = True,
+    hflip: bool = True,
+    rotate_aug: bool = False,
+    val_shots: Sequence[int] = (1, 5),
+    val_tasks: int = 200,
+    seed: int = 0,
+    device: DeviceLike = None,
+    run_dir: str | Path | None = None,
+    log: Log | None = print,
+    settings: SupervisedSettings | None = None,
+) -> TrainResult:
+    """Step 2b: supervised pre-training on the inferred ``labels`` of ``tasks`` (the oracle when both are None).
+
+    ``labels`` and ``tasks`` come from :func:`infer_global_labels` and :func:`label_pile`; without them the
+    train split's true labels are used (``mela sup-baseline``).
+    """
+    data, device = _dataset(dataset), _device(device)
+    train, val = data.split("train"), data.split("val")
+    if labels is None:
+        item_images, label_sets = train.item_images(), [train.labels]
+    else:
+        if tasks is None:
+            raise MelaError("pretrain with inferred labels needs the tasks they were inferred from")
+        items, inferred = labels.labelled_items(np.asarray(tasks))
+        item_images, label_sets = train.item_images()[items], [inferred]
+    if settings is None:
+        settings = SupervisedSettings(
+            optim=OptimSettings(epochs, learning_rate, lr_decay_epochs=tuple(lr_decay_epochs)),
+            validation=_validation(val_shots, 5, 15, val_tasks), batch_size=batch_size,
+            augment=AugmentSettings(data_aug, hflip), rotate_aug=rotate_aug, seed=seed)
+    return _train_in(run_dir, device, lambda folder: train_supervised(
+        model, train, item_images, label_sets, val, data.mean, data.std, settings, device, folder, log or _quiet,
+        {"step": "learn_labeler" if labels is not None else "sup_baseline", "dataset": data.name})[0])
+
+
+@dataclass(frozen=True)
+class ShotResult:
+    """Test accuracy (%) at one shot count: mean, half-width of the 95 % CI, tasks, and per sub-data set."""
+
+    shots: int
+    acc: float
+    ci: float
+    n_tasks: int
+    per_group: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.shots}-shot: {self.acc:.2f} ± {self.ci:.2f} % ({self.n_tasks} tasks)"
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Dataset | str,
+    split: str = "test",
+    shots: Sequence[int] = (1, 5),
+    *,
+    n_ways: int = 5,
+    n_queries: int = 15,
+    n_tasks: int = 1000,
+    protocol: EvalProtocol | None = None,
+    device: DeviceLike = None,
+) -> list[ShotResult]:
+    """Few-shot accuracy on seeded ``n_ways``-way tasks of ``split``, one :class:`ShotResult` per shot count.
+
+    The default protocol is the reference's: L2-normalised features, logistic regression with C = 1.
+    Task i is drawn from seed i, so every model sees the same tasks.
+    """
+    data, device = _dataset(dataset), _device(device)
+    shapes = [TaskShape(n_ways, int(k), n_queries) for k in shots]
+    results = evaluate_model(model.to(device), data.split(split), shapes, n_tasks, protocol or EvalProtocol(),
+                             data.mean, data.std, device)
+    return [ShotResult(shape.n_shots, r.overall.acc, r.overall.ci, r.overall.n_tasks,
+                       {g: (a.acc, a.ci) for g, a in r.per_group.items()})
+            for shape, r in zip(shapes, results, strict=True)]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What ``mela pipeline`` reports: accuracy rows per model and shot count, the labeler summary, where."""
+
+    rows: list[dict]
+    labeler: dict
+    path: Path
+    seconds: float
+
+    def table(self) -> str:
+        from mela.steps.pipeline import results_table
+
+        return results_table(self.rows)
+
+    def accuracy(self, model: str, shots: int) -> tuple[float, float]:
+        """(mean, 95 % CI half-width) of ``model`` (meta_repr, mela, mela_finetune, oracle) at ``shots``."""
+        for row in self.rows:
+            if row["model"] == model and row["shots"] == shots:
+                return row["acc"], row["ci"]
+        raise MelaError(f"no result for model {model} at {shots} shots")
+
+
+def _override_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def run_pipeline(overrides: Sequence[str] | dict = (), *, config_name: str = "pipeline",
+                 workspace: str | None = None) -> PipelineResult:
+    """``mela pipeline`` from Python: ``overrides`` as on the command line (``["dataset=glyphs"]``) or a dict.
+
+    Runs go to the workspace (``workspace`` or ``$WORKSPACE``) as with the CLI, so a rerun with the same
+    ``run_name`` resumes.
+    """
+    from mela.config import compose_config
+    from mela.steps import pipeline
+
+    if isinstance(overrides, dict):
+        overrides = [f"{key}={_override_value(value)}" for key, value in overrides.items()]
+    overrides = list(overrides) + ([f"workspace={workspace}"] if workspace else [])
+    results = pipeline.run(pipeline.read_settings(compose_config(config_name, overrides)))
+    return PipelineResult(results["rows"], results["labeler"], Path(results["path"]), results["seconds"])
