@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 100
 
@@ -72,8 +73,10 @@ def learning_curves(rows: Sequence[Mapping[str, object]], path: Path, title: str
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if "lr" in series:
-        axes[2].step(*series["lr"], where="post", color="tab:gray")
+        axes[2].plot(*series["lr"], "o-", markersize=3, color="tab:gray")
         axes[2].set_yscale("log")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_xlabel("epoch")
     axes[2].set_ylabel("learning rate")
     axes[2].grid(alpha=0.3)
