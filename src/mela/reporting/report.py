@@ -213,7 +213,14 @@ def differing_settings(configs: dict[str, dict], own_names: dict[str, str] | Non
 
     def normal(name: str, value: object) -> str:
         own = (own_names or {}).get(name, name)
-        return str(value).replace(own, "<run>") if own else str(value)
+        text = str(value)
+        if not own:
+            return text
+        # The run's name as the whole value or as the last path component that equals it (``<step>/<run>/...``).
+        parts = text.split("/")
+        if own in parts:
+            parts[len(parts) - 1 - parts[::-1].index(own)] = "<run>"
+        return "/".join(parts)
 
     out: dict[str, dict] = {name: {} for name in configs}
     for key in keys:
@@ -349,7 +356,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
-def pipeline_sections(pipelines: Sequence[Pipeline], plots_dir: Path) -> list[Section]:
+def pipeline_sections(pipelines: Sequence[Pipeline], plots_dir: Path | None) -> list[Section]:
     """The accuracy table (one row per pipeline and evaluated model) and the per-pipeline summary."""
     if not pipelines:
         return []
@@ -376,7 +383,7 @@ def pipeline_sections(pipelines: Sequence[Pipeline], plots_dir: Path) -> list[Se
         summary.rows.append([p.name, labeler_cell(p.results.get("labeler")), *times,
                              seconds_cell(float(total)) if total is not None else "", _settings_cell(differ[p.name])])
     section = Section("Pipelines", [accuracy, summary])
-    for p in pipelines:
+    for p in pipelines if plots_dir is not None else ():
         existing = p.path / ACCURACY_PNG
         path = existing if existing.is_file() else plots.pipeline_accuracy(
             p.results.get("rows", []), plots_dir / f"pipeline_{_slug(p.name)}_{ACCURACY_PNG}",
@@ -385,7 +392,7 @@ def pipeline_sections(pipelines: Sequence[Pipeline], plots_dir: Path) -> list[Se
     return [section]
 
 
-def run_sections(runs: Sequence[Run], plots_dir: Path) -> list[Section]:
+def run_sections(runs: Sequence[Run], plots_dir: Path | None) -> list[Section]:
     """One table row per run (status, best validation, test accuracy, labeler, wall time, settings that differ
     from the other runs of its step), then each run's plots."""
     if not runs:
@@ -416,6 +423,8 @@ def run_sections(runs: Sequence[Run], plots_dir: Path) -> list[Section]:
                            ", ".join(f"{k.replace('shot', '-shot')} {float(v):.2f}" for k, v in best.items()),
                            *[cells.get(k, "") for k in shots], labeler_cell(labeler), seconds_cell(run.seconds),
                            _settings_cell(differ.get(str(run.path), {}))])
+        if plots_dir is None:
+            continue
         tag = f"{run.step}_{_slug(run.name)}"
         if run.history:
             existing = run.path / CURVES_PNG
@@ -431,12 +440,15 @@ def run_sections(runs: Sequence[Run], plots_dir: Path) -> list[Section]:
     return [section]
 
 
-def write_report(paths: list[Path], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` (plots in ``report_plots/``) for ``paths`` into ``out_dir``."""
+def write_report(paths: list[Path], out_dir: Path, with_plots: bool = True) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` (plots in ``report_plots/``) for ``paths`` into ``out_dir``.
+
+    ``with_plots=False`` gives the tables only (fast on a workspace of hundreds of runs).
+    """
     pipelines, runs = discover(paths)
     out_dir = Path(out_dir)
-    plots_dir = out_dir / PLOTS_DIR
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots_dir = out_dir / PLOTS_DIR if with_plots else None
     sections = pipeline_sections(pipelines, plots_dir) + run_sections(runs, plots_dir)
     title = "mela report"
     intro = Section("Sources", [f"{len(pipelines)} pipeline(s) and {len(runs)} run(s) from "
@@ -454,9 +466,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     parser.add_argument("--out", type=Path, default=None,
                         help="where report.md and report.html go (default: PATH when there is one, else .)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only: no plot is drawn or embedded")
     args = parser.parse_args(argv)
     out = args.out or (args.paths[0] if len(args.paths) == 1 else Path("."))
-    md_path, html_path = write_report(args.paths, out)
+    md_path, html_path = write_report(args.paths, out, with_plots=not args.no_plots)
     print(md_path)
     print(html_path)
     return 0
