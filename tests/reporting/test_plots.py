@@ -74,3 +74,14 @@ def test_pipeline_accuracy_is_a_png_for_four_models_and_two_shot_counts(tmp_path
             for i, m in enumerate(["meta_repr", "mela", "mela_finetune", "oracle"]) for k in (1, 5)]
     width, height = png_size(plots.pipeline_accuracy(rows, tmp_path / "sub" / "accuracy.png", title="glyphs"))
     assert width >= 500 and height == 360
+
+
+def test_the_labeler_step_gets_its_three_plots_in_its_run_folder(tmp_path):
+    assigned = np.array([[0, 1], [1, 2], [-1, -1]])
+    true = np.array([[5, 6], [6, 7], [5, 6]])
+    passes = [{"centroids_before": 6, "spawned": 0, "pruned": 3, "merged": 0, "centroids_after": 3}]
+    written = plots.labeler_plots(tmp_path, passes, assigned, true)
+    assert [p.name for p in written] == ["labeler_passes.png", "cluster_sizes.png", "contingency.png"]
+    assert all(png_size(p)[0] == 600 for p in written)
+    # Reused centroids (no passes) and unknown true classes: the size histogram only.
+    assert [p.name for p in plots.labeler_plots(tmp_path / "b", [], assigned)] == ["cluster_sizes.png"]

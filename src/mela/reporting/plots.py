@@ -195,3 +195,16 @@ def pipeline_accuracy(rows: Sequence[Mapping[str, object]], path: Path, title: s
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def labeler_plots(run_dir: Path, passes: Sequence[Mapping[str, float]], assigned: np.ndarray,
+                  true_classes: np.ndarray | None = None) -> list[Path]:
+    """The learn_labeler step's three plots in its run folder: ``labeler_passes.png``, ``cluster_sizes.png`` and,
+    when the true classes are known, ``contingency.png``. ``passes`` may be empty (reused centroids)."""
+    run_dir = Path(run_dir)
+    written = [cluster_size_histogram(cluster_sizes(assigned), run_dir / "cluster_sizes.png")]
+    if passes:
+        written.insert(0, labeler_passes(passes, run_dir / "labeler_passes.png"))
+    if true_classes is not None:
+        written.append(contingency_heatmap(assigned, true_classes, run_dir / "contingency.png"))
+    return written
