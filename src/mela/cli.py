@@ -41,6 +41,8 @@ other commands:
   data ...          data sets: info, check, download, unpack, converters, build-glyphs (mela data --help)
   workspace init    create $WORKSPACE/metaL_data and $WORKSPACE/checkpoint/label_learn/saves
   models            list the model names
+  report PATH...    report.md + self-contained report.html across runs, pipelines or a workspace
+                    (mela report --help)
 """
 
 
@@ -117,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             return data_main(rest)
         if command == "workspace":
             return _workspace(rest)
+        if command == "report":
+            from mela.reporting.report import main as report_main
+
+            return report_main(rest)
         if command == "models":
             from mela.models import available_models
 
             print("\n".join(available_models()))
             return 0
-        valid = ", ".join([*STEP_COMMANDS, "data", "workspace", "models"])
+        valid = ", ".join([*STEP_COMMANDS, "data", "workspace", "models", "report"])
         raise MelaError(f"unknown command '{command}'; valid commands: {valid}")
     except MelaError as exc:
         print(f"error: {exc}", file=sys.stderr)
