@@ -95,18 +95,30 @@ def test_info_of_h_aircraft_lists_items_and_the_three_granularities(tmp_path: Pa
     }
 
 
-def test_check_json_reports_each_split_and_exits_1_only_when_something_is_corrupt(tmp_path: Path, capsys) -> None:
+def test_check_json_reports_each_split_and_exits_1_when_a_named_data_set_is_missing(tmp_path: Path, capsys) -> None:
     write_mini(tmp_path)
     code, out, _ = run(["check", "miniImageNet", "mini60", "--json", "--workspace", str(tmp_path)], capsys)
     reports = json.loads(out)
-    assert code == 0
+    assert code == 1
     assert [(r["dataset"], r["status"]) for r in reports] == [("miniImageNet", "present")] * 3 + [
         ("mini60", "missing")
     ] * 3
+    code, out, _ = run(["check", "miniImageNet", "--workspace", str(tmp_path)], capsys)
+    assert code == 0
+
+
+def test_check_without_names_exits_0_when_absent_data_sets_are_only_missing_and_1_when_one_is_corrupt(
+        tmp_path: Path, capsys) -> None:
+    write_mini(tmp_path)
+    code, out, _ = run(["check", "--workspace", str(tmp_path)], capsys)
+    assert code == 0
+    assert re.search(r"^tieredImageNet +train +missing", out, re.M)
     (tmp_path / "metaL_data" / "miniImageNet" / "miniImageNet_category_split_val.pickle").write_bytes(b"x")
     code, out, _ = run(["check", "--workspace", str(tmp_path)], capsys)
     assert code == 1
     assert re.search(r"^miniImageNet +val +corrupt +.*miniImageNet_category_split_val.pickle is unreadable", out, re.M)
+    code, _, _ = run(["check", "miniImageNet", "--workspace", str(tmp_path)], capsys)
+    assert code == 1
 
 
 def test_a_failed_download_prints_one_error_line_and_returns_2(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -111,14 +111,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from mela.converters.check import CORRUPT, check_workspace, format_reports
+    from mela.converters.check import check_workspace, exit_status, format_reports
 
     reports = check_workspace(data_dir(_workspace(args)), names=args.names or None, load=not args.quick)
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
     else:
         print(format_reports(reports))
-    return 1 if any(r.status == CORRUPT for r in reports) else 0
+    return exit_status(reports, named=bool(args.names))
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=cmd_info)
 
-    check = sub.add_parser("check", parents=[common], help="report present / missing / corrupt data sets")
+    check = sub.add_parser("check", parents=[common], help="report present / missing / corrupt data sets",
+                           description="Exits 1 when a data set is corrupt, or when one named here is missing.")
     check.add_argument("names", nargs="*", help="data set names (default: all)")
     check.add_argument("--json", action="store_true", help="print JSON")
     check.add_argument("--quick", action="store_true", help="only check that files exist, do not load them")

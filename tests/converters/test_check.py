@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mela.converters.check import CORRUPT, MISSING, PRESENT, check_workspace, format_reports
+from mela.converters.check import CORRUPT, MISSING, PRESENT, Report, check_workspace, exit_status, format_reports
 from mela.data import registry
 from mela.data.base import DatasetSpec, ImageSplit
 
@@ -104,3 +104,62 @@ def test_a_data_set_without_required_files_is_reported_as_built_in(tmp_path: Pat
 def test_every_split_of_an_absent_data_set_is_missing(tmp_path: Path, name: str) -> None:
     reports = check_workspace(tmp_path, names=[name])
     assert [r.status for r in reports] == [MISSING] * 3
+
+
+def _register_failing(monkeypatch, error: BaseException) -> str:
+    """A data set whose file exists but whose loader raises ``error``."""
+    monkeypatch.setattr(registry, "_DATASETS", dict(registry._DATASETS))
+
+    def load(data_dir: Path, split: str) -> ImageSplit:
+        raise error
+
+    registry.register_dataset(
+        DatasetSpec(name="failing", load=load, required_files=lambda d, s: [Path(d) / "failing.bin"],
+                    mean=(0.5,), std=(0.5,), how_to_get="nowhere")
+    )
+    return "failing"
+
+
+@pytest.mark.parametrize("error", [MemoryError(), AttributeError("'NoneType' object has no attribute 'shape'"),
+                                   KeyError("labels"), RecursionError()])
+def test_a_memory_error_or_a_bug_in_a_loader_propagates_instead_of_passing_for_a_corrupt_file(
+        tmp_path: Path, monkeypatch, error: BaseException) -> None:
+    (tmp_path / "failing.bin").write_bytes(b"x")
+    name = _register_failing(monkeypatch, error)
+    with pytest.raises(type(error)):
+        check_workspace(tmp_path, names=[name])
+
+
+@pytest.mark.parametrize("error", [OSError("cannot identify image file"), ValueError("cannot reshape array"),
+                                   EOFError(), pickle.UnpicklingError("invalid load key")])
+def test_errors_about_the_files_bytes_are_reported_as_corrupt(tmp_path: Path, monkeypatch,
+                                                              error: BaseException) -> None:
+    (tmp_path / "failing.bin").write_bytes(b"x")
+    name = _register_failing(monkeypatch, error)
+    reports = check_workspace(tmp_path, names=[name])
+    assert [(r.status, r.path) for r in reports] == [(CORRUPT, tmp_path / "failing.bin")] * 3
+    assert reports[0].detail == f"{type(error).__name__}: {error}"
+
+
+def test_read_pickle_lets_a_memory_error_through_rather_than_calling_the_file_corrupt(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    from mela.data import seed_datasets
+
+    write_mini(tmp_path)
+
+    def out_of_memory(handle, encoding):
+        raise MemoryError
+
+    monkeypatch.setattr(seed_datasets, "safe_load", out_of_memory)
+    with pytest.raises(MemoryError):
+        check_workspace(tmp_path, names=["miniImageNet"])
+
+
+def test_exit_status_fails_on_corrupt_always_and_on_missing_only_for_named_data_sets() -> None:
+    def report(status: str) -> Report:
+        return Report("d", "train", status, None, "", "")
+
+    assert exit_status([report(PRESENT), report(MISSING)], named=False) == 0
+    assert exit_status([report(PRESENT), report(MISSING)], named=True) == 1
+    assert exit_status([report(PRESENT), report(CORRUPT)], named=False) == 1
+    assert exit_status([report(PRESENT)], named=True) == 0

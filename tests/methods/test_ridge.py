@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from mela.errors import MelaError
 from mela.methods.ridge import (
+    RidgeSolveError,
     add_intercept,
     hinge_embedding_loss,
     reference_hinge_mask,
@@ -210,3 +212,15 @@ def test_query_mse_gradient_matches_a_numpy_central_finite_difference() -> None:
                - _numpy_task_loss_parts(support_np, s_labels, down, q_labels, 3, 1e-3)[0]) / (2 * eps)
     assert abs(numeric) > 1e-4
     assert query.grad[0, 2, 4].item() == pytest.approx(numeric, rel=1e-5)
+
+
+@pytest.mark.parametrize("fit", [ridge_dual, ridge_primal])
+def test_a_singular_ridge_system_is_a_one_line_mela_error_advising_a_lower_learning_rate(fit) -> None:
+    x = torch.zeros(2, 4, 3)  # all-zero features with lam=0: the system is exactly singular
+    y = torch.ones(2, 4, 2)
+    with pytest.raises(RidgeSolveError) as caught:
+        fit(x, y, 0.0)
+    assert isinstance(caught.value, MelaError)
+    assert str(caught.value) == ("the ridge solve failed (The solver failed because the input matrix is singular); "
+                                 "the features have diverged: lower learning_rate")
+    assert isinstance(caught.value.__cause__, torch.linalg.LinAlgError)

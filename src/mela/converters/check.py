@@ -8,6 +8,8 @@ images), with the offending path and how to obtain the data.
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,10 @@ from mela.data.registry import get_dataset_spec, workspace_datasets
 from mela.errors import MelaError
 
 PRESENT, MISSING, CORRUPT = "present", "missing", "corrupt"
+
+# What a loader raises, beyond its own MelaErrors, when the bytes of a file are bad. Anything else (MemoryError,
+# a bug's AttributeError or KeyError, ...) propagates rather than being reported as a corrupt file.
+FILE_DAMAGE = (OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ def check_split(name: str, split: str, data_dir: Path, load: bool = True) -> Rep
         loaded = spec.load(Path(data_dir), split)
     except MelaError as exc:
         return Report(name, split, CORRUPT, _named_path(str(exc), required), str(exc), spec.how_to_get)
-    except Exception as exc:  # noqa: BLE001 - any loader failure means the files are not usable
+    except FILE_DAMAGE as exc:
         return Report(name, split, CORRUPT, required[0], f"{type(exc).__name__}: {exc}", spec.how_to_get)
     detail = f"{loaded.n_classes} classes, {len(loaded.images)} images of {'x'.join(map(str, loaded.image_shape))}"
     return Report(name, split, PRESENT, required[0], detail, spec.how_to_get)
@@ -77,6 +83,15 @@ def check_workspace(data_dir: str | Path, names: list[str] | None = None, load: 
         for split in spec.splits:
             reports.append(check_split(name, split, Path(data_dir), load=load))
     return reports
+
+
+def exit_status(reports: list[Report], named: bool) -> int:
+    """1 when the check failed: a corrupt split, or (for data sets the user named) a missing one; else 0.
+
+    Without names every registered data set is checked, and most are legitimately absent.
+    """
+    bad = {CORRUPT, MISSING} if named else {CORRUPT}
+    return 1 if any(r.status in bad for r in reports) else 0
 
 
 def format_reports(reports: list[Report]) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mela.data.safe_pickle import UnsafePickleError, safe_load
 from mela.data.seed_datasets import cifar_split_path
 from mela.errors import MelaError
 
@@ -104,8 +105,12 @@ def read_cifar100(archive: str | Path) -> dict:
                     raise MelaError(f"{archive} has no {member}; is this cifar-100-python.tar.gz?") from exc
                 if handle is None:
                     raise MelaError(f"{archive}: {member} is not a file")
-                blobs[part] = pickle.load(handle, encoding="bytes")
-    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as exc:
+                blobs[part] = safe_load(handle, encoding="bytes")
+    except UnsafePickleError as exc:
+        raise MelaError(f"{archive}: {member} {exc}; mela refuses to load it (a pickle can run code): "
+                        "download cifar-100-python.tar.gz again from https://www.cs.toronto.edu/~kriz/") from None
+    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, ValueError, TypeError, KeyError,
+            IndexError) as exc:
         raise MelaError(f"{archive} is unreadable or corrupt ({exc}); download it again") from exc
     images, fine, coarse = [], [], []
     for part in ("train", "test"):

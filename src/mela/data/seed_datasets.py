@@ -38,6 +38,7 @@ import numpy as np
 
 from mela.data.base import DatasetSpec, ImageSplit
 from mela.data.registry import register_dataset
+from mela.data.safe_pickle import UnsafePickleError, safe_load
 from mela.errors import MelaError
 
 IMAGENET_MEAN = (120.39586422 / 255.0, 115.59361427 / 255.0, 104.54012653 / 255.0)
@@ -51,6 +52,10 @@ MIXED_SOURCES = ("aircraft", "cu_birds", "vgg_flower")
 H_AIRCRAFT_LEVELS = ("variant", "family", "manufacturer")
 AIRCRAFT_EXTRA_KEYS = {"family": "family_labels", "manufacturer": "manufacturer_labels"}
 
+# What unpickling damaged bytes raises (truncation, garbage, a numpy array whose header and data disagree).
+# MemoryError, RecursionError and bugs are not among them: they propagate instead of passing as a corrupt file.
+_PICKLE_DAMAGE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError)
+
 _DOWNLOAD_HINT = (
     "run `make download_all && make unpack_datasets` (or `mela data download {name} && mela data unpack {name}`)"
 )
@@ -60,13 +65,24 @@ _DOWNLOAD_HINT = (
 
 
 def read_pickle(path: Path) -> Any:
-    """Unpickle ``path`` with latin1 (the reference's Python-2 pickles); any failure names the file."""
+    """Unpickle ``path`` with latin1 (the reference's Python-2 pickles), allowing only data (numpy arrays, builtins).
+
+    A file that names anything else is refused before it can run code; damaged or
+    unreadable files are one line naming the file.
+    """
     try:
         with open(path, "rb") as handle:
-            return pickle.load(handle, encoding="latin1")
+            return safe_load(handle, encoding="latin1")
     except FileNotFoundError as exc:
         raise MelaError(f"{path} is missing") from exc
-    except Exception as exc:  # noqa: BLE001 - every unpickling failure means the same thing to the user
+    except UnsafePickleError as exc:
+        raise MelaError(f"{path} {exc}; mela refuses to load it (a pickle can run code): get the file again "
+                        "from its source") from None
+    except IsADirectoryError as exc:
+        raise MelaError(f"{path} is a folder, not a pickle file; get the file again") from exc
+    except OSError as exc:
+        raise MelaError(f"cannot read {path} ({exc.strerror or exc}); check its permissions") from exc
+    except _PICKLE_DAMAGE as exc:
         raise MelaError(f"{path} is unreadable or corrupt ({type(exc).__name__}: {exc}); get the file again") from exc
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from mela.data.samplers import TaskShape, TaskSource
 from mela.device import place_images
 from mela.engine.trainer import OptimSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
 from mela.errors import MelaError
-from mela.methods.ridge import task_ridge_loss
+from mela.methods.ridge import RidgeSolveError, task_ridge_loss
 from mela.models.feature_model import FeatureModel
 
 
@@ -32,6 +33,12 @@ class RidgeLossSettings:
     def effective_lam(self, n_support: int) -> float:
         """``normalize_lam`` scales λ by the number of support samples, as the reference's option does."""
         return self.lam * n_support if self.normalize_lam else self.lam
+
+
+def diverged(epoch: int, optimizer: torch.optim.Optimizer, what: str) -> MelaError:
+    """The one-line error for a training loop that has blown up (shared with supervised training)."""
+    lr = optimizer.param_groups[0]["lr"]
+    return MelaError(f"training diverged at epoch {epoch + 1}: {what}; lower learning_rate (now {lr:g})")
 
 
 def rotate_classes(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -91,14 +98,21 @@ def episodic_epoch(
             features = model(x.flatten(0, 2)).view(len(batch), shape.n_ways, shape.per_class, -1)
             support = features[:, :, :shape.n_shots].flatten(1, 2)
             query = features[:, :, shape.n_shots:].flatten(1, 2)
-            parts = task_ridge_loss(support, support_labels.expand(len(batch), -1), query,
-                                    query_labels.expand(len(batch), -1), shape.n_ways, lam,
-                                    loss_settings.extra_reg, loss_settings.hinge_mask)
+            try:
+                parts = task_ridge_loss(support, support_labels.expand(len(batch), -1), query,
+                                        query_labels.expand(len(batch), -1), shape.n_ways, lam,
+                                        loss_settings.extra_reg, loss_settings.hinge_mask)
+            except RidgeSolveError as exc:
+                raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {start // tasks_per_step + 1}") \
+                    from exc
+            values = {key: float(value.detach()) for key, value in parts.items()}
+            if not math.isfinite(values["loss"]):  # checked before the step, so the weights stay finite
+                raise diverged(epoch, optimizer, f"the loss is {values['loss']} at step {start // tasks_per_step + 1}")
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
-            for key, value in parts.items():
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) * len(batch)
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + value * len(batch)
         return {key: value / max(len(tasks), 1) for key, value in totals.items()}
 
     return run

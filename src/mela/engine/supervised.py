@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from mela.data.augment import Augmenter, AugmentSettings, rotation_expand
 from mela.data.base import ImageSplit
 from mela.device import place_images
+from mela.engine.episodic import diverged
 from mela.engine.trainer import OptimSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
 from mela.errors import MelaError
 from mela.models.feature_model import Classifier, FeatureModel
@@ -62,10 +64,13 @@ def supervised_epoch(
                 targets = [t for _, t in expanded]
             outputs = classifier(x)
             loss = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets, strict=True)]).mean()
+            value = float(loss.detach())
+            if not math.isfinite(value):  # checked before the step, so the weights stay finite
+                raise diverged(epoch, optimizer, f"the loss is {value} at batch {start // batch_size + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss.detach()) * len(x)
+            total_loss += value * len(x)
             correct += int((outputs[0].argmax(-1) == targets[0]).sum())
             seen += len(x)
         return {"loss": total_loss / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}

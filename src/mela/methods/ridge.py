@@ -9,6 +9,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mela.errors import MelaError
+
+
+class RidgeSolveError(MelaError):
+    """The ridge system could not be solved: the features are not finite or degenerate (a diverged model)."""
+
+
+def solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.solve``, with its failure (singular or non-finite system) as a one-line RidgeSolveError."""
+    try:
+        return torch.linalg.solve(a, b)
+    except torch.linalg.LinAlgError as exc:
+        reason = str(exc).split(": ")[-1].rstrip(".") or "singular system"
+        raise RidgeSolveError(f"the ridge solve failed ({reason}); the features have diverged: "
+                              "lower learning_rate") from exc
+
 
 def add_intercept(x: torch.Tensor) -> torch.Tensor:
     """Append a constant-1 feature, so the ridge solution carries a bias."""
@@ -25,7 +41,7 @@ def ridge_dual(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
     n = x.shape[-2]
     gram = x @ x.transpose(-1, -2)
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    alpha = torch.linalg.solve(gram + lam * eye, y)
+    alpha = solve(gram + lam * eye, y)
     return x.transpose(-1, -2) @ alpha
 
 
@@ -33,7 +49,7 @@ def ridge_primal(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
     """W = (XᵀX + λI)⁻¹ XᵀY: the same solution, cheaper when features are few."""
     d = x.shape[-1]
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    return torch.linalg.solve(x.transpose(-1, -2) @ x + lam * eye, x.transpose(-1, -2) @ y)
+    return solve(x.transpose(-1, -2) @ x + lam * eye, x.transpose(-1, -2) @ y)
 
 
 def ridge_fit(x: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
