@@ -4,7 +4,7 @@ Takes a finished learn_meta_repr run (its model.pt), computes the task keys of t
 data set's training pile exactly as learn_labeler does, clusters them with both
 modes and several K, and writes benchmarks/results/labeler_modes.json.
 
-    python benchmarks/labeler_modes.py n_queries=5 --K 200 400 1000 \
+    python benchmarks/labeler_modes.py --K 200 400 1000 \
         --model $WORKSPACE/checkpoint/label_learn/saves/learn_meta_repr/<run>
 """
 
@@ -15,20 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from mela.config import compose_config
-from mela.data.registry import get_dataset_spec, load_split
-from mela.device import pick_device
+import mela
 from mela.errors import MelaError
-from mela.engine.checkpoint import load_feature_model
-from mela.methods.labeler import (
-    LabelerConfig,
-    clustering_report,
-    fit_centroids,
-    label_tasks,
-    same_class_key_distance,
-    task_keys,
-)
-from mela.steps.learn_labeler import labeling_tasks, pile_features
+from mela.methods.labeler import LabelerConfig, clustering_report
 
 RESULTS = Path(__file__).parent / "results" / "labeler_modes.json"
 
@@ -38,28 +27,24 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a learn_meta_repr run folder or model.pt")
     parser.add_argument("--dataset", default="glyphs")
     parser.add_argument("--K", type=int, nargs="+", default=[400, 1000])
-    parser.add_argument("overrides", nargs="*", help="learn_labeler settings, e.g. n_queries=5")
+    parser.add_argument("--n-ways", type=int, default=5)
+    parser.add_argument("--images-per-class", type=int, default=10, help="n_shots + n_queries of the pile")
     args = parser.parse_args()
-    cfg = compose_config("learn_labeler", [f"dataset={args.dataset}", *args.overrides])
     path = Path(args.model)
     path = path / "model.pt" if path.is_dir() else path
-    device = pick_device("auto")
-    model, _ = load_feature_model(path, device)
-    spec = get_dataset_spec(args.dataset)
-    train = load_split(args.dataset, "train", Path("."))
-    tasks = labeling_tasks(train, cfg)
-    item_features = pile_features(model, train, tasks, spec, device)
-    keys, true = task_keys(item_features), train.labels[tasks[:, :, 0]]
-    distance = same_class_key_distance(item_features)
+    dataset = mela.open_dataset(args.dataset)
+    tasks = mela.label_pile(dataset, n_ways=args.n_ways, images_per_class=args.images_per_class)
+    model = mela.load_model(path)
+    features = mela.task_features(model, dataset, tasks)
+    true = dataset.split("train").labels[tasks[:, :, 0]]
     rows = []
     for mode in ("reference", "improved"):
         for k in args.K:
-            config = LabelerConfig(K=k, mode=mode)
             start = time.perf_counter()
             try:
-                clustering = fit_centroids(keys, config, distance if mode == "improved" else None)
-                report = clustering_report(label_tasks(keys, clustering.centroids, mode), true)
-                passes = len(clustering.passes)
+                labels = mela.infer_global_labels(features, labeler=LabelerConfig(K=k, mode=mode))
+                report = clustering_report(labels.assigned, true)
+                passes = len(labels.passes)
             except MelaError as exc:
                 report, passes = {"error": str(exc)}, 0
             row = {"mode": mode, "K": k, "passes": passes, "seconds": round(time.perf_counter() - start, 2),

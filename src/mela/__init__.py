@@ -9,6 +9,7 @@ The public API (see :mod:`mela.api` and the README's "From Python"):
 ``load_model``         a model saved by any step
 ``meta_train``         step 1: the ridge meta-learner on locally labelled tasks
 ``label_pile``         the task pile the labeler reads
+``task_features``      a model's features of a pile's images
 ``infer_global_labels``  step 2a: cluster task classes into global classes -> :class:`GlobalLabels`
 ``pretrain``           step 2b: supervised pre-training on inferred (or true) labels
 ``evaluate``           few-shot test accuracy with 95 % CIs -> [:class:`ShotResult`]
@@ -25,18 +26,23 @@ from typing import TYPE_CHECKING
 
 from mela._version import __version__
 
-_API = {
-    "open_dataset": "mela.api", "load_dataset": "mela.api", "create_model": "mela.api", "load_model": "mela.api",
-    "meta_train": "mela.api", "label_pile": "mela.api", "infer_global_labels": "mela.api", "pretrain": "mela.api",
-    "evaluate": "mela.api", "run_pipeline": "mela.api", "TrainResult": "mela.api", "ShotResult": "mela.api",
-    "PipelineResult": "mela.api", "GlobalLabels": "mela.methods.global_labels",
-    "LabelerConfig": "mela.methods.labeler", "ImageSplit": "mela.data.base", "Dataset": "mela.data.registry",
-    "TaskShape": "mela.data.samplers", "EvalProtocol": "mela.methods.evaluator", "MelaError": "mela.errors",
-}
+_API = {name: module for module, names in {
+    "mela.api": ["open_dataset", "load_dataset", "create_model", "load_model", "meta_train", "label_pile",
+                 "task_features", "infer_global_labels", "pretrain", "evaluate", "run_pipeline", "TrainResult",
+                 "ShotResult", "PipelineResult"],
+    "mela.methods.global_labels": ["GlobalLabels"],
+    "mela.methods.labeler": ["LabelerConfig"],
+    "mela.data.base": ["ImageSplit"],
+    "mela.data.registry": ["Dataset"],
+    "mela.data.samplers": ["TaskShape"],
+    "mela.methods.evaluator": ["EvalProtocol"],
+    "mela.errors": ["MelaError"],
+}.items() for name in names}
 __all__ = [
     "Dataset", "EvalProtocol", "GlobalLabels", "ImageSplit", "LabelerConfig", "MelaError", "PipelineResult",
-    "ShotResult", "TaskShape", "TrainResult", "__version__", "create_model", "evaluate", "infer_global_labels",
-    "label_pile", "load_dataset", "load_model", "meta_train", "open_dataset", "pretrain", "run_pipeline",
+    "ShotResult", "TaskShape", "TrainResult", "create_model", "evaluate", "infer_global_labels", "label_pile",
+    "load_dataset", "load_model", "meta_train", "open_dataset", "pretrain", "run_pipeline", "task_features",
+    "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -54,6 +60,7 @@ if TYPE_CHECKING:
         open_dataset,
         pretrain,
         run_pipeline,
+        task_features,
     )
     from mela.data.base import ImageSplit
     from mela.data.registry import Dataset

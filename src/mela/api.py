@@ -172,6 +172,13 @@ def label_pile(dataset: Dataset | str, *, n_ways: int = 5, images_per_class: int
     return labeling_pile(_dataset(dataset).split("train"), shape, no_replacement, n_tasks, seed)
 
 
+def task_features(model: torch.nn.Module, dataset: Dataset | str, tasks: np.ndarray,
+                  device: DeviceLike = None) -> np.ndarray:
+    """(T, n_ways, m, d) features (no augmentation) of the train-split items that ``tasks`` (T, n_ways, m) index."""
+    data, device = _dataset(dataset), _device(device)
+    return pile_features(model.to(device), data.split("train"), np.asarray(tasks), data.mean, data.std, device)
+
+
 def infer_global_labels(
     features_or_model: np.ndarray | torch.nn.Module,
     tasks: np.ndarray | None = None,
@@ -197,9 +204,7 @@ def infer_global_labels(
     if isinstance(features_or_model, torch.nn.Module):
         if tasks is None or dataset is None:
             raise MelaError("infer_global_labels with a model needs the tasks and the dataset they index")
-        data, device = _dataset(dataset), _device(device)
-        features = pile_features(features_or_model.to(device), data.split("train"), np.asarray(tasks), data.mean,
-                                 data.std, device)
+        features = task_features(features_or_model, dataset, tasks, device)
     features = np.asarray(features)
     if features.ndim != 4:
         raise MelaError(f"features must be (tasks, n_ways, images per class, dim), got shape {features.shape}")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from mela.engine.trainer import OptimSettings, Trainer
 
+from mela.engine import checkpoint
 from mela.engine.checkpoint import (
     load_checkpoint,
     load_feature_model,
@@ -19,8 +19,8 @@ from mela.engine.checkpoint import (
     save_atomic,
     state_dict_mismatch,
 )
+from mela.engine.trainer import OptimSettings, Trainer
 from mela.errors import MelaError
-from mela.engine import checkpoint
 from mela.models.feature_model import Classifier, FeatureModel, ModelSpec
 
 

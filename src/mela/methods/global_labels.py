@@ -89,6 +89,11 @@ def pile_features(
     model: torch.nn.Module, split: ImageSplit, tasks: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
     device: torch.device,
 ) -> np.ndarray:
-    """(T, n_ways, per_class, d) features of the pile's images, without augmentation."""
-    features = extract_features(model, split.images, mean, std, device).numpy()
-    return features[split.item_images()][tasks]
+    """(T, n_ways, per_class, d) features of the pile's images, without augmentation.
+
+    Only the images the pile uses go through the model, each once.
+    """
+    rows = split.item_images()[tasks]
+    used, inverse = np.unique(rows, return_inverse=True)
+    features = extract_features(model, split.images[used], mean, std, device).numpy()
+    return features[inverse.reshape(rows.shape)]
