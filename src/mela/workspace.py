@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from mela.errors import MelaError
+
 DEFAULT_WORKSPACE = Path.home() / "mela-workspace"
 DATA_SUBDIR = "metaL_data"
 SAVES_SUBDIR = Path("checkpoint") / "label_learn" / "saves"
@@ -48,5 +50,11 @@ def init_workspace(root: Path) -> list[Path]:
     """Create the workspace folders (idempotent); return them."""
     made = [data_dir(root), saves_dir(root)]
     for path in made:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MelaError(f"cannot create the workspace folder {path}: {exc.strerror or exc}; set WORKSPACE to a "
+                            "writable folder") from exc
+        if not os.access(path, os.W_OK):
+            raise MelaError(f"the workspace folder {path} is not writable; set WORKSPACE to a writable folder")
     return made

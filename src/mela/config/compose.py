@@ -126,4 +126,9 @@ def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict
     shared["test_db_size"] = cfg.test_db_size if step == "meta_eval" else cfg.val_db_size
     section = cfg.get(step)
     section = {} if section is None else OmegaConf.to_container(section, resolve=True)
-    return apply(base, {**shared, **section, "run_name": run_name, **(extra or {})}, step)
+    composed = apply(base, {**shared, **section, "run_name": run_name, **(extra or {})}, step)
+    try:
+        check_types(default_config(step), composed)
+    except MelaError as exc:
+        raise MelaError(f"pipeline section {step}: {exc}") from exc
+    return composed

@@ -96,6 +96,8 @@ class DatasetSpec:
         mean, std: per-channel normalisation in [0, 1] pixel units.
         how_to_get: one sentence telling the user how to obtain the files.
         description: one line shown by ``mela data info``.
+        fingerprint: for data built from the user's files, their path and a hash of their content, so
+            runs on two different ``custom`` data sets are never mistaken for each other.
     """
 
     name: str
@@ -106,3 +108,9 @@ class DatasetSpec:
     how_to_get: str
     description: str = ""
     splits: tuple[str, ...] = field(default=SPLITS)
+    fingerprint: str = ""
+
+    @property
+    def identity(self) -> str:
+        """What a run records as its data set: the name, plus the fingerprint where there is one."""
+        return f"{self.name}@{self.fingerprint}" if self.fingerprint else self.name

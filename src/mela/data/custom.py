@@ -17,6 +17,7 @@ set needs no hand-typed mean/std.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -188,6 +189,8 @@ def custom_dataset_spec(
         labels = np.array([index[item_classes[r]] for r in rows], dtype=np.int64)
         parts[split] = ImageSplit(images=images[rows], labels=labels, class_names=tuple(names))
     mean, std = _measure(parts["train"].images)
+    digest = hashlib.sha1(images.tobytes())
+    digest.update(json.dumps({"classes": item_classes, "splits": splits}, sort_keys=True).encode())
 
     def load(_data_dir: Path, split: str) -> ImageSplit:
         return parts[split]
@@ -200,6 +203,7 @@ def custom_dataset_spec(
         std=std,
         how_to_get=f"check the path {path}",
         description=f"custom: {len(classes)} classes from {path}, {image_size}x{image_size}",
+        fingerprint=f"{path.resolve()}#{digest.hexdigest()[:16]}",
     )
 
 

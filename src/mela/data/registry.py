@@ -125,6 +125,11 @@ class Dataset:
         return self.spec.name
 
     @property
+    def identity(self) -> str:
+        """The name, plus path and content hash for data built from the user's files (see ``DatasetSpec``)."""
+        return self.spec.identity
+
+    @property
     def mean(self) -> tuple[float, ...]:
         return self.spec.mean
 

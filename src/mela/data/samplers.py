@@ -160,6 +160,20 @@ def labeling_pile(split: ImageSplit, shape: TaskShape, no_replacement: bool = Tr
     return source.pile() if no_replacement else source.epoch_tasks(0)
 
 
+def check_can_sample(split: ImageSplit, shape: TaskShape, what: str) -> None:
+    """Refuse, before any work, a split that cannot give ``what`` its ``shape`` of tasks.
+
+    Tasks never mix groups, so some group needs ``n_ways`` classes with ``n_shots + n_queries``
+    images each. ``what`` names the use and the split, e.g. "meta_eval tasks on the test split of custom".
+    """
+    best = max((len(_eligible(g, shape.per_class)) for g in items_by_class(split)), default=0)
+    if best < shape.n_ways:
+        raise MelaError(
+            f"{what} need {shape.n_ways} classes with at least {shape.per_class} images each "
+            f"({shape.n_shots} shots + {shape.n_queries} queries), but only {best} of {split.n_classes} classes have "
+            f"that many; lower n_shots / n_queries / n_ways for this step, or add images")
+
+
 def evaluation_tasks(split: ImageSplit, shape: TaskShape, n_tasks: int) -> list[tuple[str, np.ndarray]]:
     """Per group: ``n_tasks`` evaluation tasks, task i drawn from seed i.
 

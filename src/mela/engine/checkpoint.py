@@ -154,12 +154,20 @@ def load_feature_model(path: Path, device: torch.device) -> tuple[FeatureModel, 
     return model.to(device), payload
 
 
+def check_architecture(model: FeatureModel, name: str, path: Path) -> None:
+    """A saved model used as ``model=name`` must be that architecture: never train another one silently."""
+    if model.spec.backbone != name:
+        raise MelaError(f"{path} holds a {model.spec.backbone} but model={name}; set model={model.spec.backbone} "
+                        f"or give a {name} model")
+
+
 def initial_model(start: Path | None, name: str, in_channels: int, feat_dim: int | None, device: torch.device,
                   log: Callable[[str], None]) -> FeatureModel:
     """The model a training step starts from: a saved one (``pretrained_model``) or a fresh ``name``."""
     if start is None:
         return build_model(name, in_channels, feat_dim)
     model, _ = load_feature_model(start, device)
+    check_architecture(model, name, start)
     log(f"starting from {start}")
     check_feat_dim(feat_dim, model)
     return model

@@ -13,9 +13,16 @@ from tqdm import tqdm
 
 from mela.data.augment import Augmenter, AugmentSettings, rotate90
 from mela.data.base import ImageSplit
-from mela.data.samplers import TaskShape, TaskSource
+from mela.data.samplers import TaskShape, TaskSource, check_can_sample
 from mela.device import place_images
-from mela.engine.trainer import OptimSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
+from mela.engine.trainer import (
+    OptimSettings,
+    Trainer,
+    TrainOutcome,
+    ValidationSettings,
+    check_validation_data,
+    make_validator,
+)
 from mela.errors import MelaError
 from mela.methods.ridge import RidgeSolveError, task_ridge_loss
 from mela.models.feature_model import FeatureModel
@@ -153,6 +160,12 @@ class EpisodicSettings:
             raise MelaError(f"tasks_per_step must be at least 1, got {self.tasks_per_step}")
         if self.loss.hinge_mask not in ("fixed", "reference"):
             raise MelaError(f"hinge_mask must be fixed or reference, got {self.loss.hinge_mask}")
+
+
+def check_episodic_data(settings: EpisodicSettings, data: object, step: str) -> None:
+    """Refuse, before any work, splits too small for the training or validation tasks (``data``: a ``Dataset``)."""
+    check_can_sample(data.split("train"), settings.shape, f"{step}'s training tasks on the train split of {data.name}")
+    check_validation_data(settings.validation, data, step)
 
 
 def train_episodic(

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mela.data.base import ImageSplit
-from mela.data.samplers import TaskShape
+from mela.data.samplers import TaskShape, check_can_sample
 from mela.engine.checkpoint import load_checkpoint, model_payload, save_atomic
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_model
@@ -78,6 +78,8 @@ class ValidationSettings:
 
     def __post_init__(self) -> None:
         shots = [shape.n_shots for shape in self.shapes]
+        if self.n_tasks < 1:
+            raise MelaError(f"test_db_size (validation tasks) must be at least 1, got {self.n_tasks}")
         if self.select_shots not in shots:
             raise MelaError(f"val_n_shots={self.select_shots} picks the model by a validation that does not run: "
                             f"add it to val_shots (now {shots})")
@@ -85,6 +87,13 @@ class ValidationSettings:
     @property
     def select_key(self) -> str:
         return f"{self.select_shots}shot"
+
+
+def check_validation_data(settings: ValidationSettings, data: object, step: str) -> None:
+    """Refuse, before any work, a val split too small for the validation tasks (``data``: a ``Dataset``)."""
+    val = data.split("val")
+    for shape in settings.shapes:
+        check_can_sample(val, shape, f"{step}'s validation tasks on the val split of {data.name}")
 
 
 def make_validator(

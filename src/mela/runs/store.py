@@ -8,7 +8,6 @@ the same ``run_name`` reopens the folder, and the engine resumes from ``last.pt`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,8 +20,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from mela.data.registry import Dataset
 from mela.device import pick_device
 from mela.errors import MelaError
+from mela.jsonio import json_safe, read_json, write_json_atomic
+from mela.runlock import RunLock
 from mela.workspace import init_workspace, saves_dir, workspace_root
 
 STEPS = ("learn_meta_repr", "learn_labeler", "fine_tune", "meta_eval", "sup_baseline")
@@ -49,6 +51,18 @@ class RunSettings:
     seed: int = 0
     trial: str = "0"
 
+    def __post_init__(self) -> None:
+        if self.run_name is not None:
+            check_run_name(str(self.run_name))
+
+
+def check_run_name(name: str) -> str:
+    """A run name is a folder name inside the step's folder, never a path."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise MelaError(f"run_name={name!r} must be a plain name (no '/', not starting with '.'); "
+                        "runs always live in $WORKSPACE/checkpoint/label_learn/saves/<step>/<run_name>")
+    return name
+
 
 class RunStore:
     """The runs of one workspace: find a finished run, a model reference, or ``latest``."""
@@ -66,33 +80,42 @@ class RunStore:
     def finished(self, step: str, run_name: str) -> dict | None:
         """The ``done.json`` record of a finished run, or None."""
         done = self.run_dir(step, run_name) / DONE_FILE
-        return json.loads(done.read_text()) if done.exists() else None
+        return read_json(done) if done.exists() else None
 
-    def latest(self, producers: tuple[str, ...], dataset: str | None) -> Path:
-        """The newest finished run of one of ``producers`` on ``dataset`` (any data set when None)."""
+    def latest(self, producers: tuple[str, ...], dataset: str | None, model: str | None = None) -> Path:
+        """The newest finished run of one of ``producers`` on ``dataset`` with architecture ``model``.
+
+        ``dataset`` is a data set identity (the name; for ``custom`` also its path and content hash);
+        None matches any data set, and ``model`` None any architecture.
+        """
         candidates = []
         for step in producers:
             for done in (self.saves / step).glob(f"*/{DONE_FILE}"):
-                info = json.loads(done.read_text())
-                if dataset is None or info.get("dataset") == dataset:
-                    candidates.append((info.get("finished", ""), done.stat().st_mtime, done.parent))
+                info = read_json(done)
+                if dataset is not None and info.get("dataset_id", info.get("dataset")) != dataset:
+                    continue
+                if model is not None and info.get("backbone", model) != model:
+                    continue
+                candidates.append((info.get("finished", ""), done.stat().st_mtime, done.parent))
         if not candidates:
-            raise MelaError(f"no finished {' or '.join(producers)} run on dataset {dataset} in {self.saves}; "
+            what = f"dataset {dataset}" + (f" with model {model}" if model else "")
+            raise MelaError(f"no finished {' or '.join(producers)} run on {what} in {self.saves}; "
                             "run that step first, or give the model as a run name or path")
         return max(candidates)[2]
 
-    def find_model(self, ref: object, producers: tuple[str, ...], dataset: str | None) -> Path | None:
+    def find_model(self, ref: object, producers: tuple[str, ...], dataset: str | None,
+                   model: str | None = None) -> Path | None:
         """Resolve a model reference to a model file.
 
         ``false``/``null`` -> None; ``latest`` -> the newest finished run of one of
-        ``producers`` on ``dataset``; a run name -> that run of one of ``producers``;
-        a run folder -> its model.pt; a file -> itself.
+        ``producers`` on ``dataset`` with architecture ``model``; a run name -> that run of
+        one of ``producers``; a run folder -> its model.pt; a file -> itself.
         """
         if ref in NO_MODEL:
             return None
         ref = str(ref)
         if ref == "latest":
-            return self.latest(producers, dataset) / MODEL_FILE
+            return self.latest(producers, dataset, model) / MODEL_FILE
         path = Path(ref).expanduser()
         if path.is_file():
             return path
@@ -127,13 +150,21 @@ def _make_logger(step: str, run_dir: Path) -> logging.Logger:
 
 @dataclass
 class Run:
-    """One step's run: its folder, its device, its log."""
+    """One step's run: its folder (locked while it runs), its device, its log.
+
+    Use it as a context manager: the lock is released and the log closed however the run ends,
+    and a folder this run created is removed again if it failed before writing any checkpoint.
+    """
 
     step: str
     dataset: str
+    dataset_id: str
+    backbone: str
     run_dir: Path
     device: torch.device
     logger: logging.Logger
+    lock: RunLock
+    created: bool = False
 
     def log(self, message: str) -> None:
         self.logger.info(message)
@@ -141,42 +172,109 @@ class Run:
     def publish_model(self, chosen: Path) -> Path:
         """Copy the chosen checkpoint to the run's ``model.pt`` (atomically), the file later steps load."""
         tmp = self.run_dir / f".{MODEL_FILE}.tmp"
-        shutil.copyfile(chosen, tmp)
-        os.replace(tmp, self.run_dir / MODEL_FILE)
+        try:
+            shutil.copyfile(chosen, tmp)
+            os.replace(tmp, self.run_dir / MODEL_FILE)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise MelaError(f"cannot write {self.run_dir / MODEL_FILE}: {exc.strerror or exc}; free some disk space "
+                            "or fix the folder's permissions, then rerun with the same run_name") from exc
         return self.run_dir / MODEL_FILE
 
-    def finish(self, metrics: Mapping) -> dict:
-        """Mark the run complete (``done.json``: what later steps and ``latest`` look for) and close its log."""
-        record = {"step": self.step, "dataset": self.dataset, "run_dir": str(self.run_dir),
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics}
-        tmp = self.run_dir / f".{DONE_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, self.run_dir / DONE_FILE)
-        self.close()
-        return record
+    def write_json(self, name: str, content: object) -> Path:
+        """A JSON file in the run folder, written atomically, NaN and inf as null."""
+        write_json_atomic(self.run_dir / name, content)
+        return self.run_dir / name
 
-    def close(self) -> None:
+    def finish(self, metrics: Mapping) -> dict:
+        """Mark the run complete (``done.json``: what later steps and ``latest`` look for) and close it."""
+        record = {"step": self.step, "dataset": self.dataset, "dataset_id": self.dataset_id,
+                  "backbone": self.backbone, "run_dir": str(self.run_dir),
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics}
+        self.write_json(DONE_FILE, record)
+        self.close()
+        return json_safe(record)
+
+    def close(self, failed: bool = False) -> None:
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
+        if self.lock.held:
+            self.lock.release()
+        if failed and self.created and not any(self.run_dir.glob("*.pt")):
+            shutil.rmtree(self.run_dir, ignore_errors=True)  # rejected before it trained: leave nothing behind
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.close(failed=exc_type is not None)
 
 
 def default_run_name(dataset: str, model_name: str, trial: str) -> str:
     return f"{dataset}_{model_name}_trial{trial}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start_run(settings: RunSettings, step: str, dataset: str, model_name: str, config: Mapping,
+# Settings that do not change what a run computes: a rerun may change them freely.
+NOT_DEFINING = frozenset({"device", "progress", "workspace", "run_name", "num_workers", "tensorboard", "plots",
+                          "logger_name", "trial"})
+
+
+def differing_settings(saved: Mapping, new: Mapping) -> list[str]:
+    """Keys whose values define the result and differ between a run's saved config and a new one.
+
+    ``epochs`` may grow (training longer resumes from the last epoch); it may not shrink.
+    """
+    keys = sorted((set(saved) | set(new)) - NOT_DEFINING)
+    out = []
+    for key in keys:
+        old, now = saved.get(key), new.get(key)
+        if key == "epochs" and isinstance(old, int) and isinstance(now, int) and now >= old:
+            continue
+        if old != now:
+            out.append(f"{key}: {old!r} -> {now!r}")
+    return out
+
+
+def check_reuse(run_dir: Path, config: Mapping) -> None:
+    """Refuse to reopen ``run_dir`` with settings that would change what its files hold."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+    differ = differing_settings(saved, dict(config))
+    if differ:
+        raise MelaError(f"run {run_dir.name} was started with other settings ({'; '.join(differ)}); rerun with its "
+                        "own settings to resume it, or pick a new run_name")
+
+
+def start_run(settings: RunSettings, step: str, dataset: Dataset | str, model_name: str, config: Mapping,
               resumable: bool = True) -> Run:
-    """Create the run folder (or reopen it to resume), save the resolved ``config``, open the log."""
+    """Lock the run folder (creating it, or reopening it to resume), check and save the config, open the log.
+
+    Call it after every check of settings and data, so a rejected run leaves no folder behind.
+    """
     store = RunStore(settings.workspace)
     init_workspace(store.root)
     device = pick_device(settings.device)
-    torch.manual_seed(settings.seed)
-    run_name = settings.run_name or default_run_name(dataset, model_name, settings.trial)
+    name, identity = (dataset.name, dataset.identity) if isinstance(dataset, Dataset) else (dataset, dataset)
+    run_name = settings.run_name or default_run_name(name, model_name, settings.trial)
     run_dir = store.run_dir(step, str(run_name))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(dict(config)), run_dir / "config.yaml")
-    run = Run(step, dataset, run_dir, device, _make_logger(step, run_dir))
+    created = not run_dir.exists()
+    lock = RunLock(run_dir).acquire()
+    try:
+        check_reuse(run_dir, config)
+        if (run_dir / DONE_FILE).exists() and not resumable:
+            (run_dir / DONE_FILE).unlink()  # an evaluation reruns whole; its results are rewritten
+        OmegaConf.save(OmegaConf.create(dict(config)), run_dir / "config.yaml")
+        logger = _make_logger(step, run_dir)
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    torch.manual_seed(settings.seed)
+    run = Run(step, name, identity, model_name, run_dir, device, logger, lock, created)
     hint = f" (if interrupted, rerun with run_name={run_name} to resume)" if resumable else ""
     run.log(f"run folder {run_dir} on {device}{hint}")
     return run

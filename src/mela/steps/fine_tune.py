@@ -9,8 +9,9 @@ from omegaconf import DictConfig
 
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
-from mela.engine.checkpoint import load_feature_model
-from mela.engine.episodic import EpisodicSettings, train_episodic
+from mela.device import pick_device
+from mela.engine.checkpoint import check_architecture, load_feature_model
+from mela.engine.episodic import EpisodicSettings, check_episodic_data, train_episodic
 from mela.models.feature_model import FeatureModel, ModelSpec, check_feat_dim
 from mela.runs.store import MODEL_FILE, RunSettings, RunStore, start_run
 from mela.workspace import data_dir
@@ -39,18 +40,20 @@ def run(settings: FineTuneSettings, dataset: Dataset | None = None) -> dict:
     """Load the labeler's model, freeze it, train the MLP on top, publish ``model.pt``."""
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    source = store.find_model(settings.pretrained_model, ("learn_labeler",), settings.dataset.name)
+    source = store.find_model(settings.pretrained_model, ("learn_labeler",), data.identity, settings.model)
+    check_episodic_data(settings.training, data, STEP)
     train, val = data.split("train"), data.split("val")
-    run = start_run(settings.run, STEP, settings.dataset.name, settings.model, settings.config)
-    base, _ = load_feature_model(source, run.device)
-    run.log(f"fine-tuning on top of {source}")
-    model = FeatureModel(ModelSpec(base.spec.backbone, base.spec.backbone_kwargs, residual_mlp=True))
-    model.backbone.load_state_dict(base.backbone.state_dict())
-    check_feat_dim(settings.feat_dim, model)
-    model.freeze_backbone()
-    outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
-                                      run.run_dir, run.log,
-                                      {"step": STEP, "dataset": settings.dataset.name, "base_model": str(source)})
-    run.publish_model(outcome.chosen)
-    return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
-                       "best_val": outcome.best_val, "train_tasks": n_tasks})
+    base, _ = load_feature_model(source, pick_device(settings.run.device))
+    check_architecture(base, settings.model, source)
+    with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
+        run.log(f"fine-tuning on top of {source}")
+        model = FeatureModel(ModelSpec(base.spec.backbone, base.spec.backbone_kwargs, residual_mlp=True))
+        model.backbone.load_state_dict(base.backbone.state_dict())
+        check_feat_dim(settings.feat_dim, model)
+        model.freeze_backbone()
+        outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
+                                          run.run_dir, run.log,
+                                          {"step": STEP, "dataset": settings.dataset.name, "base_model": str(source)})
+        run.publish_model(outcome.chosen)
+        return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
+                           "best_val": outcome.best_val, "train_tasks": n_tasks})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,10 +12,13 @@ from omegaconf import DictConfig
 
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
-from mela.data.samplers import TaskShape, labeling_pile
+from mela.data.samplers import TaskShape, check_can_sample, labeling_pile
+from mela.device import pick_device
 from mela.engine.checkpoint import initial_model, load_feature_model
 from mela.engine.supervised import SupervisedSettings, train_supervised
+from mela.engine.trainer import check_validation_data
 from mela.errors import MelaError
+from mela.methods.centroids_io import load_centroids_file
 from mela.methods.global_labels import infer_global_labels, pile_features
 from mela.methods.labeler import LabelerConfig
 from mela.models.registry import check_model_name
@@ -58,55 +60,57 @@ def read_settings(cfg: DictConfig) -> LearnLabelerSettings:
         readers.read_supervised(cfg, "sup_data_aug", "sup_rotate_aug"), readers.record(cfg))
 
 
-def load_centroids(ref: str | None, store: RunStore) -> np.ndarray | None:
+def load_centroids(ref: str | None, store: RunStore, feat_dim: int, n_ways: int) -> np.ndarray | None:
     """Centroids to reuse: a ``centroids.npz``, or a finished learn_labeler run (name or folder)."""
     if ref is None:
         return None
     path = Path(ref).expanduser()
     if not path.exists():
         path = store.find_model(ref, (STEP,), None).parent
-    if path.is_dir():
-        path = path / CENTROIDS_FILE
-    if not path.is_file():
-        raise MelaError(f"no centroids at {path}; give a centroids.npz or a finished learn_labeler run")
-    return np.load(path)["centroids"]
+    return load_centroids_file(path, feat_dim, min_count=n_ways)
 
 
 def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
     """Label the pile with the frozen step-1 model, report, then train ``train_model`` on the inferred labels."""
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    labeler_path = store.find_model(settings.pretrained_labeler, ("learn_meta_repr",), settings.dataset.name)
+    labeler_path = store.find_model(settings.pretrained_labeler, ("learn_meta_repr",), data.identity,
+                                    settings.label_recovery_model)
     if labeler_path is None:
         raise MelaError("learn_labeler needs the learn_meta_repr model: set pretrained_labeler=latest, a run or a file")
-    start = store.find_model(settings.pretrained_model, STEPS, None)
+    start = store.find_model(settings.pretrained_model, STEPS, None, settings.train_model)
     train, val = data.split("train"), data.split("val")
-    run = start_run(settings.run, STEP, settings.dataset.name, settings.train_model, settings.config)
-    tasks = labeling_pile(train, settings.pile, settings.no_replacement, settings.train_db_size, settings.run.seed)
-    labeler_model, payload = load_feature_model(labeler_path, run.device)
+    check_can_sample(train, settings.pile, f"{STEP}'s labelling tasks on the train split of {data.name}")
+    check_validation_data(settings.training.validation, data, STEP)
+    labeler_model, payload = load_feature_model(labeler_path, pick_device(settings.run.device))
     if payload["spec"]["backbone"] != settings.label_recovery_model:
         raise MelaError(f"label_recovery_model={settings.label_recovery_model} but {labeler_path} holds a "
                         f"{payload['spec']['backbone']}; set label_recovery_model={payload['spec']['backbone']}")
-    run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
-    features = pile_features(labeler_model, train, tasks, data.mean, data.std, run.device)
-    labels = infer_global_labels(features, settings.labeler, load_centroids(settings.pretrained_centroids, store))
-    for i, p in enumerate(labels.passes):
-        run.log(f"pass {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                             for k, v in p.items()))
-    tmp = run.run_dir / f".{CENTROIDS_FILE}.tmp.npz"
-    np.savez(tmp, centroids=labels.centroids)
-    os.replace(tmp, run.run_dir / CENTROIDS_FILE)
-    report = labels.report(train.labels[tasks[:, :, 0]])
-    report.update(mode=settings.labeler.mode, K_initial=settings.labeler.K)
-    (run.run_dir / "labeler_report.json").write_text(json.dumps(report, indent=1))
-    run.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "
-            f"{report['clustering_accuracy']:.3f}, {report['tasks_kept']}/{report['tasks_total']} tasks kept")
-    items, inferred = labels.labelled_items(tasks)
-    model = initial_model(start, settings.train_model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
-    outcome, n_classes = train_supervised(model, train, train.item_images()[items], [inferred], val, data.mean,
-                                          data.std, settings.training, run.device, run.run_dir, run.log,
-                                          {"step": STEP, "dataset": settings.dataset.name})
-    run.publish_model(outcome.chosen)
-    summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "tasks_kept", "tasks_total")}
-    return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
-                       "best_val": outcome.best_val, "n_classes": n_classes, "labeler": summary})
+    centroids = load_centroids(settings.pretrained_centroids, store, labeler_model.feat_dim, settings.pile.n_ways)
+    tasks = labeling_pile(train, settings.pile, settings.no_replacement, settings.train_db_size, settings.run.seed)
+    with start_run(settings.run, STEP, data, settings.train_model, settings.config) as run:
+        run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
+        features = pile_features(labeler_model.to(run.device), train, tasks, data.mean, data.std, run.device)
+        labels = infer_global_labels(features, settings.labeler, centroids)
+        for i, p in enumerate(labels.passes):
+            run.log(f"pass {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in p.items()))
+        tmp = run.run_dir / f".{CENTROIDS_FILE}.tmp.npz"
+        np.savez(tmp, centroids=labels.centroids)
+        os.replace(tmp, run.run_dir / CENTROIDS_FILE)
+        report = labels.report(train.labels[tasks[:, :, 0]])
+        report.update(mode=settings.labeler.mode, K_initial=settings.labeler.K)
+        run.write_json("labeler_report.json", report)
+        run.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "
+                f"{report['clustering_accuracy']:.3f}, {report['tasks_kept']}/{report['tasks_total']} tasks kept")
+        items, inferred = labels.labelled_items(tasks)
+        model = initial_model(start, settings.train_model, train.image_shape[-1], settings.feat_dim, run.device,
+                              run.log)
+        outcome, n_classes = train_supervised(model, train, train.item_images()[items], [inferred], val, data.mean,
+                                              data.std, settings.training, run.device, run.run_dir, run.log,
+                                              {"step": STEP, "dataset": settings.dataset.name})
+        run.publish_model(outcome.chosen)
+        summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "tasks_kept",
+                                          "tasks_total")}
+        return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
+                           "best_val": outcome.best_val, "n_classes": n_classes, "labeler": summary})

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.engine.checkpoint import initial_model
-from mela.engine.episodic import EpisodicSettings, train_episodic
+from mela.engine.episodic import EpisodicSettings, check_episodic_data, train_episodic
 from mela.models.registry import check_model_name
 from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
 from mela.workspace import data_dir
@@ -36,16 +36,22 @@ def read_settings(cfg: DictConfig) -> LearnMetaReprSettings:
                                  readers.read_episodic(cfg), readers.record(cfg))
 
 
+def check_data(settings: LearnMetaReprSettings, data: Dataset) -> None:
+    """Refuse, before any work, data the step's tasks cannot be drawn from."""
+    check_episodic_data(settings.training, data, STEP)
+
+
 def run(settings: LearnMetaReprSettings, dataset: Dataset | None = None) -> dict:
     """Train, validate, and publish ``model.pt`` (best by validation at ``val_n_shots``)."""
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    start = store.find_model(settings.pretrained_model, STEPS, None)
+    start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
+    check_data(settings, data)
     train, val = data.split("train"), data.split("val")
-    run = start_run(settings.run, STEP, settings.dataset.name, settings.model, settings.config)
-    model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
-    outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
-                                      run.run_dir, run.log, {"step": STEP, "dataset": settings.dataset.name})
-    run.publish_model(outcome.chosen)
-    return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
-                       "best_val": outcome.best_val, "train_tasks": n_tasks})
+    with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
+        model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
+        outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
+                                          run.run_dir, run.log, {"step": STEP, "dataset": settings.dataset.name})
+        run.publish_model(outcome.chosen)
+        return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
+                           "best_val": outcome.best_val, "train_tasks": n_tasks})

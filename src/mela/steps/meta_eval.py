@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -11,8 +10,9 @@ from omegaconf import DictConfig
 
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
-from mela.data.samplers import TaskShape
-from mela.engine.checkpoint import load_feature_model
+from mela.data.samplers import TaskShape, check_can_sample
+from mela.device import pick_device
+from mela.engine.checkpoint import check_architecture, load_feature_model
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_model
 from mela.models.feature_model import check_feat_dim
@@ -50,6 +50,8 @@ class MetaEvalSettings:
 def read_settings(cfg: DictConfig) -> MetaEvalSettings:
     if int(cfg.n_ways) < 2:
         raise MelaError(f"n_ways must be at least 2, got {cfg.n_ways}")
+    if int(cfg.test_db_size) < 1:
+        raise MelaError(f"test_db_size (evaluation tasks per shot count) must be at least 1, got {cfg.test_db_size}")
     producers = (str(cfg.from_step),) if cfg.get("from_step") else PRODUCERS
     shapes = tuple(TaskShape(int(cfg.n_ways), int(k), int(cfg.n_queries)) for k in cfg.shots)
     return MetaEvalSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
@@ -58,29 +60,38 @@ def read_settings(cfg: DictConfig) -> MetaEvalSettings:
                             readers.record(cfg))
 
 
+def check_data(settings: MetaEvalSettings, data: Dataset) -> None:
+    """Refuse, before any work, a split too small for the evaluation tasks."""
+    split = data.split(settings.split)
+    for shape in settings.shapes:
+        check_can_sample(split, shape, f"meta_eval's {shape.n_shots}-shot tasks on the {settings.split} split of "
+                                       f"{data.name}")
+
+
 def run(settings: MetaEvalSettings, dataset: Dataset | None = None) -> dict:
     """Evaluate ``pretrained_model`` on ``split`` and write ``results.json`` in the run folder."""
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    path = store.find_model(settings.pretrained_model, settings.producers, settings.dataset.name)
+    path = store.find_model(settings.pretrained_model, settings.producers, data.identity, settings.model)
     if path is None:
         raise MelaError("meta_eval needs a model: set pretrained_model=latest, a run name, a run folder or a file")
-    split = data.split(settings.split)
-    run = start_run(settings.run, STEP, settings.dataset.name, settings.model, settings.config, resumable=False)
-    model, payload = load_feature_model(path, run.device)
-    if payload["spec"]["backbone"] != settings.model:
-        run.log(f"note: model={settings.model} but {path} holds a {payload['spec']['backbone']}; evaluating the file")
+    check_data(settings, data)
+    model, _ = load_feature_model(path, pick_device(settings.run.device))
+    check_architecture(model, settings.model, path)
     check_feat_dim(settings.feat_dim, model)
-    results = evaluate_model(model, split, list(settings.shapes), settings.n_tasks, settings.protocol, data.mean,
-                             data.std, run.device)
-    rows = []
-    for shape, result in zip(settings.shapes, results, strict=True):
-        rows.append({"shots": shape.n_shots, "acc": result.overall.acc, "ci": result.overall.ci,
-                     "tasks": result.overall.n_tasks,
-                     "per_group": {g: {"acc": a.acc, "ci": a.ci} for g, a in result.per_group.items()}})
-        groups = "" if len(result.per_group) < 2 else " | " + ", ".join(
-            f"{g} {a.acc:.2f} ± {a.ci:.2f}" for g, a in result.per_group.items())
-        run.log(f"{shape.n_ways}-way {shape.n_shots}-shot on {settings.dataset.name}/{settings.split}: "
-                f"{result.overall.acc:.2f} ± {result.overall.ci:.2f} (95% CI, {result.overall.n_tasks} tasks){groups}")
-    (run.run_dir / "results.json").write_text(json.dumps({"model": str(path), "rows": rows}, indent=1))
-    return run.finish({"model": str(path), "rows": rows})
+    split = data.split(settings.split)
+    with start_run(settings.run, STEP, data, settings.model, settings.config, resumable=False) as run:
+        results = evaluate_model(model.to(run.device), split, list(settings.shapes), settings.n_tasks,
+                                 settings.protocol, data.mean, data.std, run.device)
+        rows = []
+        for shape, result in zip(settings.shapes, results, strict=True):
+            rows.append({"shots": shape.n_shots, "acc": result.overall.acc, "ci": result.overall.ci,
+                         "tasks": result.overall.n_tasks,
+                         "per_group": {g: {"acc": a.acc, "ci": a.ci} for g, a in result.per_group.items()}})
+            groups = "" if len(result.per_group) < 2 else " | " + ", ".join(
+                f"{g} {a.acc:.2f} ± {a.ci:.2f}" for g, a in result.per_group.items())
+            run.log(f"{shape.n_ways}-way {shape.n_shots}-shot on {settings.dataset.name}/{settings.split}: "
+                    f"{result.overall.acc:.2f} ± {result.overall.ci:.2f} (95% CI, {result.overall.n_tasks} tasks)"
+                    f"{groups}")
+        run.write_json("results.json", {"model": str(path), "rows": rows})
+        return run.finish({"model": str(path), "rows": rows})

@@ -9,21 +9,25 @@ for all steps. Runs are named after the pipeline run, so rerunning with the same
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from mela.config import compose_pipeline_step, readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
+from mela.data.samplers import check_can_sample
+from mela.engine.episodic import check_episodic_data
+from mela.engine.trainer import check_validation_data
 from mela.errors import MelaError
+from mela.jsonio import write_json_atomic
 from mela.models.registry import check_model_name
-from mela.runs.store import RunSettings, RunStore
+from mela.runlock import RunLock
+from mela.runs.store import RunSettings, RunStore, check_reuse
 from mela.steps import fine_tune, learn_labeler, learn_meta_repr, meta_eval, sup_baseline
-from mela.workspace import data_dir, saves_dir, workspace_root
+from mela.workspace import data_dir, init_workspace, saves_dir, workspace_root
 
 TRAINING_STEPS: dict[str, Callable[..., dict]] = {
     "learn_meta_repr": learn_meta_repr.run,
@@ -87,8 +91,30 @@ def run(settings: PipelineSettings, dataset: Dataset | None = None) -> dict:
     run_name = str(settings.run.run_name)
     pipeline_dir = store.saves / "pipeline" / run_name
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    pipeline_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(dict(settings.config)), pipeline_dir / "config.yaml")
+    check_data(settings, data)
+    init_workspace(store.root)
+    with RunLock(pipeline_dir):
+        check_reuse(pipeline_dir, settings.config)  # a rerun resumes the same pipeline, never another one
+        OmegaConf.save(OmegaConf.create(dict(settings.config)), pipeline_dir / "config.yaml")
+        return _run_steps(settings, store, data, pipeline_dir, started)
+
+
+def check_data(settings: PipelineSettings, data: Dataset) -> None:
+    """Every step's data needs (training, validation and test tasks), checked before the first step trains."""
+    steps = settings.steps
+    check_episodic_data(steps["learn_meta_repr"].training, data, "learn_meta_repr")
+    labeler = steps["learn_labeler"]
+    check_can_sample(data.split("train"), labeler.pile, f"learn_labeler's labelling tasks on the train split of "
+                                                         f"{data.name}")
+    check_validation_data(labeler.training.validation, data, "learn_labeler")
+    check_episodic_data(steps["fine_tune"].training, data, "fine_tune")
+    check_validation_data(steps["sup_baseline"].training.validation, data, "sup_baseline")
+    meta_eval.check_data(settings.evaluation, data)
+
+
+def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset, pipeline_dir: Path,
+               started: float) -> dict:
+    run_name = str(settings.run.run_name)
     outcomes: dict[str, dict] = {}
     for step, step_run in TRAINING_STEPS.items():
         done = store.finished(step, run_name)
@@ -112,9 +138,7 @@ def run(settings: PipelineSettings, dataset: Dataset | None = None) -> dict:
     results = {"dataset": settings.dataset.name, "model": settings.model, "run_name": run_name, "rows": rows,
                "labeler": labeler, "seconds": round(time.time() - started, 1)}
     path = pipeline_dir / "results.json"
-    tmp = pipeline_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, results)
     print()
     print(results_table(rows))
     print(labeler_line(labeler))

@@ -13,6 +13,7 @@ from mela.data.base import ImageSplit
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.engine.checkpoint import initial_model
 from mela.engine.supervised import SupervisedSettings, train_supervised
+from mela.engine.trainer import check_validation_data
 from mela.models.registry import check_model_name
 from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
 from mela.workspace import data_dir
@@ -49,14 +50,15 @@ def true_label_sets(train: ImageSplit) -> tuple[np.ndarray, list[np.ndarray]]:
 def run(settings: SupBaselineSettings, dataset: Dataset | None = None) -> dict:
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    start = store.find_model(settings.pretrained_model, STEPS, None)
+    start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
+    check_validation_data(settings.training.validation, data, STEP)
     train, val = data.split("train"), data.split("val")
-    run = start_run(settings.run, STEP, settings.dataset.name, settings.model, settings.config)
-    model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
-    item_images, label_sets = true_label_sets(train)
-    outcome, n_classes = train_supervised(model, train, item_images, label_sets, val, data.mean, data.std,
-                                          settings.training, run.device, run.run_dir, run.log,
-                                          {"step": STEP, "dataset": settings.dataset.name})
-    run.publish_model(outcome.chosen)
-    return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
-                       "best_val": outcome.best_val, "n_classes": n_classes})
+    with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
+        model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
+        item_images, label_sets = true_label_sets(train)
+        outcome, n_classes = train_supervised(model, train, item_images, label_sets, val, data.mean, data.std,
+                                              settings.training, run.device, run.run_dir, run.log,
+                                              {"step": STEP, "dataset": settings.dataset.name})
+        run.publish_model(outcome.chosen)
+        return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
+                           "best_val": outcome.best_val, "n_classes": n_classes})
