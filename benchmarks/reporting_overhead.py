@@ -7,6 +7,7 @@ runs, keeps the number meaningful on a shared machine whose run-to-run noise is 
 
     python benchmarks/reporting_overhead.py          # the demo (`make demo`'s pipeline), minutes on a CPU
     python benchmarks/reporting_overhead.py --tiny   # a 20-class glyph slice, one epoch per step (~1 min)
+    python benchmarks/reporting_overhead.py --demo-plots  # only the demo-sized plots, on made-up numbers (seconds)
 """
 
 from __future__ import annotations
@@ -63,10 +64,48 @@ def matplotlib_import_seconds() -> float:
     return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
 
 
+def demo_sized_plots(folder: Path, repeats: int = 3) -> dict:
+    """The demo's plots drawn from made-up numbers of the demo's sizes (8 epochs; 284 tasks x 5 classes in 357
+    clusters of 355 true classes; 4 models x 2 shot counts): median seconds of ``repeats``, no training needed."""
+    from mela.reporting import plots
+
+    rng = np.random.default_rng(0)
+    history = [{"epoch": e, "lr": 0.05 * 0.1 ** (e > 6), "loss": 2.0 / e, "train_acc": 50 + 5 * e,
+                **({"val_1shot": 90.0 + e, "val_5shot": 95.0 + e / 2} if e >= 6 else {}), "seconds": 30.0}
+               for e in range(1, 9)]
+    true_classes = rng.integers(0, 355, (284, 5))
+    assigned = np.where(rng.random((284, 5)) < 0.98, true_classes, rng.integers(0, 357, (284, 5)))
+    passes = [{"centroids_before": 400, "spawned": 3, "pruned": 40, "merged": 2, "centroids_after": 361},
+              {"centroids_before": 361, "spawned": 0, "pruned": 4, "merged": 0, "centroids_after": 357}]
+    rows = [{"model": m, "shots": k, "acc": 95.0 + k / 2, "ci": 0.3} for m in ("meta_repr", "mela", "mela_finetune",
+                                                                            "oracle") for k in (1, 5)]
+    jobs = {"learning_curves.png (one step)": lambda: plots.learning_curves(history, folder / "c.png", "demo"),
+            "labeler plots (three)": lambda: plots.labeler_plots(folder, passes, assigned, true_classes),
+            "accuracy.png": lambda: plots.pipeline_accuracy(rows, folder / "a.png", "demo")}
+    out = {}
+    for name, job in jobs.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            job()
+            times.append(time.perf_counter() - start)
+        out[name] = round(float(np.median(times)), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a 20-class glyph slice, one epoch per step")
+    parser.add_argument("--keep", type=Path, default=None, help="a workspace folder to keep the runs in (default: "
+                        "a temporary one, removed)")
+    parser.add_argument("--demo-plots", action="store_true", help="only the demo-sized plots, on made-up numbers")
     args = parser.parse_args()
+    if args.demo_plots:
+        with tempfile.TemporaryDirectory(prefix="mela-bench-") as tmp:
+            result = {"median_seconds": demo_sized_plots(Path(tmp))}
+        (RESULTS / "reporting_overhead_demo_plots.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return
     import_seconds = matplotlib_import_seconds()
 
     from mela.config import compose_config
@@ -80,7 +119,8 @@ def main() -> None:
     pipeline.write_pipeline_report = timed("accuracy.png + report", pipeline.write_pipeline_report)
 
     with tempfile.TemporaryDirectory(prefix="mela-bench-") as tmp:
-        overrides = [f"workspace={tmp}/ws", "run_name=bench", "progress=false"]
+        workspace = args.keep or Path(tmp) / "ws"
+        overrides = [f"workspace={workspace}", "run_name=bench", "progress=false"]
         if args.tiny:
             overrides += glyph_slice(Path(tmp)) + TINY
         start = time.perf_counter()
