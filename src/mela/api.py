@@ -31,7 +31,7 @@ from mela.device import pick_device
 from mela.engine.checkpoint import load_feature_model
 from mela.engine.episodic import EpisodicSettings, RidgeLossSettings, train_episodic
 from mela.engine.supervised import SupervisedSettings, train_supervised
-from mela.engine.trainer import OptimSettings, TrainOutcome, ValidationSettings
+from mela.engine.trainer import OptimSettings, ReportSettings, TrainOutcome, ValidationSettings
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_model
 from mela.methods.global_labels import GlobalLabels, pile_features
@@ -113,6 +113,12 @@ def _train_in(run_dir: str | Path | None, device: torch.device,
         return TrainResult(load_model(outcome.chosen, device), outcome.best_val, outcome.history, None)
 
 
+def _report(run_dir: str | Path | None) -> ReportSettings | None:
+    """A kept ``run_dir`` gets metrics.csv, TensorBoard events (when installed) and learning_curves.png; a
+    temporary folder gets none of them."""
+    return ReportSettings() if run_dir is not None else None
+
+
 def _validation(val_shots: Sequence[int], n_ways: int, n_queries: int, val_tasks: int) -> ValidationSettings:
     shapes = tuple(TaskShape(n_ways, int(k), n_queries) for k in val_shots)
     return ValidationSettings(shapes, val_tasks, EvalProtocol(), int(max(val_shots)))
@@ -145,7 +151,8 @@ def meta_train(
 
     Tasks are ``n_ways``-way with ``n_shots`` + ``n_queries`` images per class; validation on the val split
     picks the returned weights (best at the largest of ``val_shots``). ``settings`` overrides every keyword.
-    ``run_dir`` keeps the checkpoints there (and resumes from them); otherwise nothing is written.
+    ``run_dir`` keeps the checkpoints there (and resumes from them), with metrics.csv and learning_curves.png;
+    otherwise nothing is written.
     """
     data, device = _dataset(dataset), _device(device)
     if settings is None:
@@ -154,7 +161,8 @@ def meta_train(
             optim=OptimSettings(epochs, learning_rate, lr_decay_epochs=tuple(lr_decay_epochs)),
             validation=_validation(val_shots, n_ways, n_queries, val_tasks),
             augment=AugmentSettings(data_aug, hflip), loss=RidgeLossSettings(), no_replacement=no_replacement,
-            fixed_db=True, train_db_size=train_db_size, tasks_per_step=tasks_per_step, seed=seed)
+            fixed_db=True, train_db_size=train_db_size, tasks_per_step=tasks_per_step, seed=seed,
+            report=_report(run_dir))
     train, val = data.split("train"), data.split("val")
     return _train_in(run_dir, device, lambda folder: train_episodic(
         model, train, val, data.mean, data.std, settings, device, folder, log or _quiet,
@@ -250,7 +258,7 @@ def pretrain(
         settings = SupervisedSettings(
             optim=OptimSettings(epochs, learning_rate, lr_decay_epochs=tuple(lr_decay_epochs)),
             validation=_validation(val_shots, 5, 15, val_tasks), batch_size=batch_size,
-            augment=AugmentSettings(data_aug, hflip), rotate_aug=rotate_aug, seed=seed)
+            augment=AugmentSettings(data_aug, hflip), rotate_aug=rotate_aug, seed=seed, report=_report(run_dir))
     return _train_in(run_dir, device, lambda folder: train_supervised(
         model, train, item_images, label_sets, val, data.mean, data.std, settings, device, folder, log or _quiet,
         {"step": "learn_labeler" if labels is not None else "sup_baseline", "dataset": data.name})[0])
@@ -337,5 +345,7 @@ def run_pipeline(overrides: Sequence[str] | dict = (), *, config_name: str = "pi
     if isinstance(overrides, dict):
         overrides = [f"{key}={_override_value(value)}" for key, value in overrides.items()]
     overrides = list(overrides) + ([f"workspace={workspace}"] if workspace else [])
+    if not any(o.lstrip("+").startswith("progress=") for o in overrides):
+        overrides.append("progress=false")  # from Python, no bars unless asked for (progress=auto or true)
     results = pipeline.run(pipeline.read_settings(compose_config(config_name, overrides)))
     return PipelineResult(results["rows"], results["labeler"], Path(results["path"]), results["seconds"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mela.engine.trainer import OptimSettings, Trainer, learning_rate_at, parse_decay_epochs
+from mela.engine.trainer import OptimSettings, ReportSettings, Trainer, learning_rate_at, parse_decay_epochs
 from mela.errors import MelaError
 from mela.models.feature_model import FeatureModel, ModelSpec
 
@@ -67,10 +67,12 @@ class EpochRecorder:
         return {"loss": value, "lr_seen": self.trainer.optimizer.param_groups[0]["lr"]}
 
 
-def _trainer(run_dir: Path, epochs: int, model_seed: int, validate=None, decay=(2,)) -> Trainer:
+def _trainer(run_dir: Path, epochs: int, model_seed: int, validate=None, decay=(2,), log=None,
+             report: ReportSettings | None = None) -> Trainer:
     model = _model(model_seed)
     settings = OptimSettings(epochs=epochs, learning_rate=0.05, lr_decay_epochs=decay, lr_decay_rate=0.1)
-    return Trainer(run_dir, model, model, settings, validate, log=lambda _line: None, metadata={"step": "test"})
+    return Trainer(run_dir, model, model, settings, validate, log=log or (lambda _line: None),
+                   metadata={"step": "test"}, report=report)
 
 
 def test_a_resumed_trainer_runs_only_the_missing_epochs_and_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
@@ -143,3 +145,42 @@ def test_a_nan_loss_stops_training_with_a_mela_error_naming_the_epoch(tmp_path: 
         trainer.fit(recorder)
     assert recorder.epochs == [0, 1]
     assert not (tmp_path / "final.pt").exists()
+
+
+def test_each_epoch_line_shows_its_duration_and_the_time_left_and_the_csv_holds_every_epoch_once(tmp_path):
+    from mela.reporting.metrics import read_metrics
+    from mela.reporting.progress import format_duration
+
+    report = ReportSettings(tensorboard=False, plots=True)
+    first_lines: list[str] = []
+    def epoch(e: int) -> dict[str, float]:
+        return {"loss": 1.0 / (e + 1)}
+
+    _trainer(tmp_path, epochs=2, model_seed=0, log=first_lines.append, report=report).fit(epoch)
+    lines: list[str] = []
+    state = _trainer(tmp_path, epochs=4, model_seed=0, log=lines.append, report=report).fit(epoch)
+    epoch_lines = [line for line in first_lines + lines if line.startswith("epoch ")]
+    seconds = [r["seconds"] for r in state.history]
+    assert all(s >= 0 for s in seconds)
+    # The resumed process estimates the time left from its own epochs only (epoch 3 for epoch 4).
+    assert epoch_lines == [
+        f"epoch 1/2 {format_duration(seconds[0])} ({format_duration(seconds[0])} left) lr=0.05 loss=1",
+        f"epoch 2/2 {format_duration(seconds[1])} lr=0.05 loss=0.5",
+        f"epoch 3/4 {format_duration(seconds[2])} ({format_duration(seconds[2])} left) lr=0.005 loss=0.3333",
+        f"epoch 4/4 {format_duration(seconds[3])} lr=0.005 loss=0.25",
+    ]
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert rows == [{"step": "test", **record} for record in state.history]  # resumed: no epoch twice
+    assert (tmp_path / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "tb").exists()
+
+
+def test_without_report_settings_the_trainer_writes_no_metrics_and_no_plot(tmp_path: Path) -> None:
+    _trainer(tmp_path, epochs=1, model_seed=0).fit(lambda e: {"loss": 1.0})
+    assert (tmp_path / "final.pt").exists()
+    assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "learning_curves.png").exists()
+
+
+def test_report_settings_refuse_a_bad_tensorboard_value_before_anything_runs() -> None:
+    with pytest.raises(MelaError, match="tensorboard must be auto, true or false, got 'sometimes'"):
+        ReportSettings(tensorboard="sometimes")

@@ -117,18 +117,39 @@ def test_the_event_file_holds_the_epoch_scalars_and_the_labeler_counts(tmp_path)
         for record in RECORDS:
             writer.log_epoch(record)
         writer.log_labeler(passes, sizes)
-    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
     events.Reload()
-    tags = set(events.Tags()["scalars"])
-    assert {"train/lr", "train/loss", "train/train_acc", "val/1shot", "val/5shot", "time/epoch_seconds",
-            "labeler/centroids_after", "labeler/pruned"} <= tags
+    assert {"train/lr", "train/loss", "train/train_acc", "val/1shot", "val/5shot",
+            "time/epoch_seconds"} <= set(events.Tags()["scalars"])
     loss = events.Scalars("train/loss")
     assert [e.step for e in loss] == [1, 2, 3]
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in RECORDS])
     assert [(e.step, e.value) for e in events.Scalars("val/1shot")] == [(2, 46.25), (3, 50.0)]
-    assert [(e.step, e.value) for e in events.Scalars("labeler/pruned")] == [(1, 30.0), (2, 0.0)]
-    histogram = events.Histograms("labeler/cluster_sizes")[0].histogram_value
+    labeler = EventAccumulator(str(tmp_path / "tb" / "labeler"), size_guidance={"scalars": 0, "histograms": 0})
+    labeler.Reload()
+    assert {"labeler/centroids_after", "labeler/pruned"} <= set(labeler.Tags()["scalars"])
+    assert [(e.step, e.value) for e in labeler.Scalars("labeler/pruned")] == [(1, 30.0), (2, 0.0)]
+    histogram = labeler.Histograms("labeler/cluster_sizes")[0].histogram_value
     assert (histogram.num, histogram.min, histogram.max, histogram.sum) == (5, 5, 30, 65)
+
+
+def test_the_labeler_counts_survive_the_training_that_follows_in_a_new_writer(tmp_path):
+    """learn_labeler's order: the counts first, then a fresh writer for the epochs (whose epoch 1 would purge
+    every earlier event at step 1 and above if both shared one TensorBoard run)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with MetricsWriter(tmp_path, "learn_labeler", tensorboard=True) as writer:
+        writer.log_labeler([{"pruned": 30}, {"pruned": 2}], np.array([3, 4]))
+    with MetricsWriter(tmp_path, "learn_labeler", tensorboard=True) as writer:
+        for record in RECORDS:
+            writer.log_epoch(record)
+    labeler = EventAccumulator(str(tmp_path / "tb" / "labeler"))
+    labeler.Reload()
+    assert [(e.step, e.value) for e in labeler.Scalars("labeler/pruned")] == [(1, 30.0), (2, 2.0)]
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
 
 
 def test_a_resumed_run_purges_the_events_of_the_epochs_it_repeats(tmp_path):

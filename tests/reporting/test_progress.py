@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 
 import pytest
 
@@ -13,6 +15,7 @@ from mela.reporting.progress import (
     parse_auto_flag,
     progress_bar,
     resolve_progress,
+    terminal_columns,
     time_left,
 )
 
@@ -61,6 +64,22 @@ def test_an_enabled_progress_bar_shows_the_rate_and_the_time_left(capsys):
     assert "epoch 2:" in err and "4/4" in err
     assert "task/s" in err or "s/task" in err  # the rate
     assert "00:00<00:00" in err  # elapsed<remaining, once the rate is known
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_terminal_that_reports_no_size_still_gets_an_80_column_bar(monkeypatch):
+    """A fresh pty (as under `script` or `docker run -t`) is 0 x 0: tqdm alone would draw nothing there."""
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w", buffering=1) as terminal:
+        assert terminal_columns(terminal) == 0
+        monkeypatch.setattr(sys, "stderr", terminal)
+        assert list(progress_bar(range(3), enabled=True, desc="epoch 1", total=3, unit="step",
+                                 mininterval=0)) == [0, 1, 2]
+        drawn = os.read(leader, 65536).decode()
+    os.close(leader)
+    frames = [f for f in drawn.replace("\n", "").split("\r") if f.strip()]
+    assert any("epoch 1:" in f and "3/3" in f for f in frames)
+    assert max(len(f.rstrip()) for f in frames) == 80
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0.04, "0.0 s"), (12.44, "12.4 s"), (59.94, "59.9 s"),

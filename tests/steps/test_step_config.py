@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,23 @@ def test_a_model_selection_shot_count_that_is_never_validated_is_refused(synthet
     code, err = run_cli(["learn-meta-repr", f"dataset={synthetic_dataset}", "model=convnet4", "val_shots=[1]",
                          "val_n_shots=5"], capsys)
     assert code == 2 and "val_n_shots=5 picks the model by a validation that does not run" in err[-1]
+
+
+def test_progress_defaults_to_auto_everywhere_and_true_false_keep_working(monkeypatch):
+    from mela.steps import learn_meta_repr, pipeline
+
+    for name in ("learn_meta_repr", "learn_labeler", "fine_tune", "sup_baseline", "meta_eval", "pipeline",
+                 "pipeline_paper"):
+        assert default_config(name).progress == "auto", name
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal: auto means no bars
+    assert learn_meta_repr.read_settings(compose_config("learn_meta_repr")).training.progress is False
+    assert learn_meta_repr.read_settings(compose_config("learn_meta_repr", ["progress=true"])).training.progress
+    with pytest.raises(MelaError, match="progress must be auto, true or false, got 'sometimes'"):
+        learn_meta_repr.read_settings(compose_config("learn_meta_repr", ["progress=sometimes"]))
+    # The pipeline hands progress, tensorboard and plots to every training step.
+    settings = pipeline.read_settings(compose_config("pipeline", ["progress=true", "tensorboard=false",
+                                                                  "plots=false", "run_name=x"]))
+    assert settings.plots is False
+    for step, step_settings in settings.steps.items():
+        training = step_settings.training
+        assert (training.progress, training.report.tensorboard, training.report.plots) == (True, False, False), step

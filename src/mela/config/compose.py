@@ -70,6 +70,7 @@ def config_names() -> list[str]:
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+AUTO_FLAGS = ("progress", "tensorboard")  # auto, true or false: the readers check the text
 
 
 def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
@@ -86,6 +87,8 @@ def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
             ok = True  # e.g. trial=3 or lr_decay_epochs=10
         if key.startswith("pretrained_") and isinstance(value, str):
             ok = True  # false (none) or a model reference
+        if key in AUTO_FLAGS and isinstance(value, (bool, str)):
+            ok = True  # progress=true, as before auto existed
         if not ok:
             raise MelaError(f"{key} must be {_KINDS.get(expected, expected.__name__)}, got {value!r}")
 
@@ -109,8 +112,8 @@ def apply(cfg: DictConfig, values: dict, where: str = "") -> DictConfig:
 
 
 # What the pipeline hands every step: its shared keys (where the step has them) and its per-step section.
-PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "dataset", "n_ways", "n_shots", "n_queries", "hflip",
-                   "custom_path", "custom_split", "image_size")
+PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "tensorboard", "plots", "dataset", "n_ways", "n_shots",
+                   "n_queries", "hflip", "custom_path", "custom_split", "image_size")
 
 
 def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:

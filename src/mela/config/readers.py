@@ -15,10 +15,11 @@ from mela.data.registry import DatasetRef
 from mela.data.samplers import TaskShape
 from mela.engine.episodic import EpisodicSettings, RidgeLossSettings
 from mela.engine.supervised import SupervisedSettings
-from mela.engine.trainer import OptimSettings, ValidationSettings, parse_decay_epochs
+from mela.engine.trainer import OptimSettings, ReportSettings, ValidationSettings, parse_decay_epochs
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol
 from mela.methods.labeler import LabelerConfig
+from mela.reporting.progress import resolve_progress
 from mela.runs.store import NO_MODEL, RunSettings
 
 
@@ -81,6 +82,16 @@ def read_augment(cfg: DictConfig, key: str = "data_aug") -> AugmentSettings:
     return AugmentSettings(enabled=bool(cfg[key]), flip=bool(cfg.get("hflip", True)))
 
 
+def read_progress(cfg: DictConfig) -> bool:
+    """``progress``: ``auto`` draws bars only when stderr is a terminal (CI logs and pipes get plain lines)."""
+    return resolve_progress(cfg.progress)
+
+
+def read_report(cfg: DictConfig) -> ReportSettings:
+    """``tensorboard`` (auto, true, false) and ``plots``: what a training step leaves beside metrics.csv."""
+    return ReportSettings(tensorboard=cfg.tensorboard, plots=bool(cfg.plots))
+
+
 def read_episodic(cfg: DictConfig) -> EpisodicSettings:
     if cfg.sample_shape != "few_shot":
         raise MelaError(f"{cfg.logger_name} trains on few_shot tasks; sample_shape={cfg.sample_shape} is not "
@@ -90,7 +101,7 @@ def read_episodic(cfg: DictConfig) -> EpisodicSettings:
         shape=read_shape(cfg), optim=read_optim(cfg), validation=read_validation(cfg), augment=read_augment(cfg),
         loss=loss, no_replacement=bool(cfg.no_replacement), fixed_db=bool(cfg.fixed_db),
         train_db_size=int(cfg.train_db_size), tasks_per_step=int(cfg.tasks_per_step), rotate_aug=bool(cfg.rotate_aug),
-        seed=int(cfg.seed), progress=bool(cfg.progress),
+        seed=int(cfg.seed), progress=read_progress(cfg), report=read_report(cfg),
     )
 
 
@@ -99,7 +110,7 @@ def read_supervised(cfg: DictConfig, data_aug_key: str = "data_aug", rotate_key:
     return SupervisedSettings(
         optim=read_optim(cfg), validation=read_validation(cfg), batch_size=int(cfg.batch_size),
         augment=read_augment(cfg, data_aug_key), rotate_aug=bool(cfg[rotate_key]), seed=int(cfg.seed),
-        progress=bool(cfg.progress),
+        progress=read_progress(cfg), report=read_report(cfg),
     )
 
 

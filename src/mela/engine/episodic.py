@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mela.data.augment import Augmenter, AugmentSettings, rotate90
 from mela.data.base import ImageSplit
@@ -17,6 +16,7 @@ from mela.data.samplers import TaskShape, TaskSource, check_can_sample
 from mela.device import place_images
 from mela.engine.trainer import (
     OptimSettings,
+    ReportSettings,
     Trainer,
     TrainOutcome,
     ValidationSettings,
@@ -26,6 +26,7 @@ from mela.engine.trainer import (
 from mela.errors import MelaError
 from mela.methods.ridge import RidgeSolveError, task_ridge_loss
 from mela.models.feature_model import FeatureModel
+from mela.reporting.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def episodic_epoch(
         device_generator = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed + epoch)
         totals: dict[str, float] = {}
         steps = range(0, len(tasks), tasks_per_step)
-        for start in tqdm(steps, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
+        for start in progress_bar(steps, progress, f"epoch {epoch + 1}", len(steps), unit="step"):
             batch = tasks[start:start + tasks_per_step]  # (B, n_ways, per_class)
             rows = torch.from_numpy(item_images[batch.reshape(-1)])
             pixels = images[rows.to(images.device)].to(device, non_blocking=True)
@@ -139,7 +140,8 @@ class EpisodicSettings:
         tasks_per_step: tasks per optimiser step.
         rotate_aug: rotate each local class by a random multiple of 90 degrees.
         seed: seeds the task pile, its order and the augmentation draws.
-        progress: show a progress bar per epoch.
+        progress: draw a bar per epoch with rate and time left (resolve ``auto`` with ``resolve_progress``).
+        report: metrics.csv, TensorBoard events and the learning-curve plot (None: none of them).
     """
 
     shape: TaskShape
@@ -154,6 +156,7 @@ class EpisodicSettings:
     rotate_aug: bool = False
     seed: int = 0
     progress: bool = False
+    report: ReportSettings | None = field(default_factory=ReportSettings)
 
     def __post_init__(self) -> None:
         if self.tasks_per_step < 1:
@@ -188,7 +191,8 @@ def train_episodic(
     log(f"{len(source)} training tasks per epoch ({how}), {train.n_classes} classes, {train.n_items} images")
     model.to(device)
     trainer = Trainer(run_dir, model, model, settings.optim,
-                      make_validator(model, val, mean, std, settings.validation, device), log, metadata)
+                      make_validator(model, val, mean, std, settings.validation, device), log, metadata,
+                      settings.report)
     epoch_fn = episodic_epoch(model, trainer.optimizer, source, shape, place_images(train.images, device),
                               train.item_images(), settings.augment.build(mean, std), settings.loss, device,
                               settings.seed, settings.rotate_aug, settings.tasks_per_step, settings.progress)

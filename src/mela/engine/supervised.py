@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from mela.data.augment import Augmenter, AugmentSettings, rotation_expand
 from mela.data.base import ImageSplit
 from mela.device import place_images
 from mela.engine.episodic import diverged
-from mela.engine.trainer import OptimSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
+from mela.engine.trainer import OptimSettings, ReportSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
 from mela.errors import MelaError
 from mela.models.feature_model import Classifier, FeatureModel
+from mela.reporting.progress import progress_bar
 
 
 def head_sizes(n_classes: list[int], rotate_aug: bool) -> list[int]:
@@ -53,7 +53,7 @@ def supervised_epoch(
         order = torch.randperm(len(item_images), generator=generator)
         total_loss, correct, seen = 0.0, 0, 0
         batches = range(0, len(order), batch_size)
-        for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False):
+        for start in progress_bar(batches, progress, f"epoch {epoch + 1}", len(batches), unit="batch"):
             idx = order[start:start + batch_size]
             rows = torch.from_numpy(item_images[idx.numpy()])
             x = augmenter(images[rows.to(images.device)].to(device, non_blocking=True), device_generator)
@@ -89,7 +89,8 @@ class SupervisedSettings:
         augment: training-time augmentation.
         rotate_aug: every class gets four rotated copies (label + r * n_classes).
         seed: seeds the batch order and the augmentation draws.
-        progress: show a progress bar per epoch.
+        progress: draw a bar per epoch with rate and time left (resolve ``auto`` with ``resolve_progress``).
+        report: metrics.csv, TensorBoard events and the learning-curve plot (None: none of them).
     """
 
     optim: OptimSettings
@@ -99,6 +100,7 @@ class SupervisedSettings:
     rotate_aug: bool = False
     seed: int = 0
     progress: bool = False
+    report: ReportSettings | None = field(default_factory=ReportSettings)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -127,7 +129,8 @@ def train_supervised(
     model.to(device)
     classifier = Classifier(model, head_sizes(n_classes, settings.rotate_aug)).to(device)
     trainer = Trainer(run_dir, model, classifier, settings.optim,
-                      make_validator(model, val, mean, std, settings.validation, device), log, metadata)
+                      make_validator(model, val, mean, std, settings.validation, device), log, metadata,
+                      settings.report)
     log(f"supervised training on {len(item_images)} images, {n_classes} classes per head, "
         f"data_aug={settings.augment.enabled} rotate_aug={settings.rotate_aug}")
     epoch_fn = supervised_epoch(classifier, trainer.optimizer, place_images(images.images, device), item_images,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,6 +24,10 @@ from mela.engine.checkpoint import load_checkpoint, model_payload, save_atomic
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_model
 from mela.models.feature_model import FeatureModel
+from mela.reporting.progress import format_epoch_line, parse_auto_flag, time_left
+
+if TYPE_CHECKING:
+    from mela.reporting.metrics import MetricsWriter
 
 
 def parse_decay_epochs(text: str | int | Iterable[int]) -> tuple[int, ...]:
@@ -112,6 +118,29 @@ def make_validator(
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """What a training run leaves for people to look at, besides its log and checkpoints.
+
+    Attributes:
+        tensorboard: TensorBoard event files in ``<run>/tb``: ``auto`` (when the package is installed), ``true``
+            (required), ``false``. ``metrics.csv`` (one row per epoch) is written whenever reporting is on.
+        plots: draw ``learning_curves.png`` at the end of training.
+    """
+
+    tensorboard: bool | str = "auto"
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        # A bad value, or tensorboard=true without the package, fails here: before any data loads.
+        if parse_auto_flag("tensorboard", self.tensorboard):
+            from mela.reporting.metrics import tensorboard_writer_class
+
+            if tensorboard_writer_class() is None:
+                raise MelaError("tensorboard=true needs the tensorboard package: pip install mela[tb], "
+                                "or set tensorboard=auto")
+
+
+@dataclass(frozen=True)
 class TrainOutcome:
     """What a training recipe hands back: the checkpoint later steps should load and the validation record."""
 
@@ -153,8 +182,10 @@ class Trainer:
         trainable: the module whose parameters the optimiser updates (model, or model + heads).
         settings: optimiser and schedule.
         validate: ``validate() -> {"1shot": acc, "5shot": acc}`` or None.
-        log: where progress lines go.
-        metadata: extra fields stored in every model file (dataset, step, ...).
+        log: where progress lines go (one per epoch, with its duration and the time left).
+        metadata: extra fields stored in every model file (dataset, step, ...); ``step`` also names the run's
+            rows in ``metrics.csv`` and titles its plot.
+        report: ``metrics.csv``, TensorBoard events and ``learning_curves.png``; None writes none of them.
     """
 
     def __init__(
@@ -166,9 +197,10 @@ class Trainer:
         validate: Callable[[], dict[str, float]] | None,
         log: Callable[[str], None],
         metadata: dict | None = None,
+        report: ReportSettings | None = None,
     ) -> None:
         self.run_dir, self.model, self.trainable, self.settings = Path(run_dir), model, trainable, settings
-        self.validate, self.log, self.metadata = validate, log, dict(metadata or {})
+        self.validate, self.log, self.metadata, self.report = validate, log, dict(metadata or {}), report
         self.optimizer = make_optimizer(trainable.parameters(), settings)
         self.state = TrainState()
 
@@ -188,18 +220,44 @@ class Trainer:
     def _save_model(self, name: str, **extra: object) -> None:
         save_atomic(model_payload(self.model, **self.metadata, **extra), self.run_dir / name)
 
+    @property
+    def step(self) -> str:
+        return str(self.metadata.get("step", "train"))
+
     def fit(self, train_epoch: Callable[[int], dict[str, float]]) -> TrainState:
         """Train from the current state (resumed if ``last.pt`` exists) to ``settings.epochs``."""
         self._resume()
+        metrics = None
+        if self.report is not None:
+            from mela.reporting.metrics import MetricsWriter
+
+            metrics = MetricsWriter(self.run_dir, self.step, self.report.tensorboard, self.log)
+        try:
+            self._epochs(train_epoch, metrics)
+        finally:
+            if metrics is not None:
+                metrics.close()
+        self._save_model("final.pt", epoch=self.state.epoch)
+        (self.run_dir / "history.json").write_text(json.dumps(self.state.history, indent=1))
+        if self.report is not None and self.report.plots and self.state.history:
+            from mela.reporting.plots import learning_curves
+
+            learning_curves(self.state.history, self.run_dir / "learning_curves.png",
+                            title=f"{self.step} {self.run_dir.name}")
+        return self.state
+
+    def _epochs(self, train_epoch: Callable[[int], dict[str, float]], metrics: MetricsWriter | None) -> None:
+        durations: list[float] = []  # this process's epochs only: a resume has none for the skipped ones
         for epoch in range(self.state.epoch, self.settings.epochs):
+            started = time.perf_counter()
             lr = learning_rate_at(self.settings, epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.trainable.train()
-            metrics = {k: float(v) for k, v in train_epoch(epoch).items()}
-            if any(not math.isfinite(v) for v in metrics.values()):
-                raise MelaError(f"training diverged at epoch {epoch + 1} ({metrics}); lower learning_rate")
-            record = {"epoch": epoch + 1, "lr": lr, **metrics}
+            trained = {k: float(v) for k, v in train_epoch(epoch).items()}
+            if any(not math.isfinite(v) for v in trained.values()):
+                raise MelaError(f"training diverged at epoch {epoch + 1} ({trained}); lower learning_rate")
+            record: dict = {"epoch": epoch + 1, "lr": lr, **trained}
             validating = epoch + 1 >= self.settings.first_decay or epoch + 1 == self.settings.epochs
             if self.validate is not None and validating:
                 scores = self.validate()
@@ -208,15 +266,17 @@ class Trainer:
                     if acc > self.state.best.get(key, -1.0):
                         self.state.best[key] = acc
                         self._save_model(f"best_{key}.pt", epoch=epoch + 1, val_acc=acc)
+            record["seconds"] = time.perf_counter() - started
+            durations.append(record["seconds"])
             self.state.history.append(record)
             self.state.epoch = epoch + 1
-            self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            eta = time_left(durations, self.state.epoch, self.settings.epochs)
+            self.log(format_epoch_line(epoch + 1, self.settings.epochs, record["seconds"], record, eta))
+            if metrics is not None:
+                metrics.log_epoch(record)
             save_atomic({"trainable": self.trainable.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "epoch": self.state.epoch, "best": self.state.best, "history": self.state.history},
                         self.last_path)
-        self._save_model("final.pt", epoch=self.state.epoch)
-        (self.run_dir / "history.json").write_text(json.dumps(self.state.history, indent=1))
-        return self.state
 
     def select(self, key: str | None) -> Path:
         """The model file later steps should use: best by validation at ``key`` (e.g. ``5shot``), else final."""

@@ -23,6 +23,7 @@ from mela.reporting.progress import parse_auto_flag
 
 METRICS_FILE = "metrics.csv"
 TB_DIR = "tb"
+LABELER_TB_DIR = "labeler"  # inside TB_DIR
 TB_NOTE = "pip install mela[tb] for TensorBoard event files (metrics.csv is written either way)"
 
 _note_shown = False  # the missing-TensorBoard note is shown once per process, not once per step
@@ -121,11 +122,16 @@ class MetricsWriter:
             rows = [dict(row) for row in reader]
             return list(reader.fieldnames or []), rows
 
+    def _open_events(self, log_dir: Path, first_step: int):
+        """An event writer; where events were written before (a resumed run), those from ``first_step`` on are
+        purged, so TensorBoard shows each step once."""
+        before = any(log_dir.glob("events.out.tfevents.*"))
+        return self._writer_class(log_dir=str(log_dir), purge_step=first_step if before else None)
+
     def _summary_writer(self, first_step: int):
-        """The event writer, opened on first use; a resumed run purges events from its restart epoch on."""
+        """The epoch event writer (``<run>/tb``), opened on first use."""
         if self._tb is None and self._writer_class is not None:
-            purge = first_step if self.rows or (self.run_dir / TB_DIR).exists() else None
-            self._tb = self._writer_class(log_dir=str(self.run_dir / TB_DIR), purge_step=purge)
+            self._tb = self._open_events(self.run_dir / TB_DIR, first_step)
         return self._tb
 
     def log_epoch(self, record: Mapping[str, object]) -> None:
@@ -167,18 +173,24 @@ class MetricsWriter:
 
     def log_labeler(self, passes: list[dict], cluster_sizes: np.ndarray) -> None:
         """The labeler's per-pass counts (``labeler/<key>`` at step = pass number) and a histogram of cluster
-        sizes (task classes per cluster). TensorBoard only: ``labeler_report.json`` already holds the numbers."""
-        writer = self._summary_writer(0)
-        if writer is None:
+        sizes (task classes per cluster). TensorBoard only: ``labeler_report.json`` already holds the numbers.
+
+        They go to ``<run>/tb/labeler`` (its own TensorBoard run): in ``<run>/tb`` the training that follows
+        would purge them, as a restart at epoch 1 purges every event from step 1 on.
+        """
+        if self._writer_class is None:
             return
-        for i, counts in enumerate(passes, start=1):
-            for key, value in counts.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    writer.add_scalar(f"labeler/{key}", float(value), i)
-        sizes = np.asarray(cluster_sizes, dtype=np.float64)
-        if sizes.size:
-            writer.add_histogram("labeler/cluster_sizes", sizes, 0)
-        writer.flush()
+        writer = self._open_events(self.run_dir / TB_DIR / LABELER_TB_DIR, 0)
+        try:
+            for i, counts in enumerate(passes, start=1):
+                for key, value in counts.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        writer.add_scalar(f"labeler/{key}", float(value), i)
+            sizes = np.asarray(cluster_sizes, dtype=np.float64)
+            if sizes.size:
+                writer.add_histogram("labeler/cluster_sizes", sizes, 0)
+        finally:
+            writer.close()
 
     def close(self) -> None:
         if self._tb is not None:

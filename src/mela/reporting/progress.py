@@ -6,6 +6,7 @@ pipes and ``log.txt`` get one readable line per epoch instead of carriage-return
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, TypeVar
@@ -58,9 +59,19 @@ def progress_bar(iterable: Iterable[T], enabled: bool, desc: str, total: int | N
         yield from iterable
         return
     bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]"
-    with tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True,
-              bar_format=bar_format, mininterval=mininterval, miniters=1 if mininterval == 0 else None) as bar:
+    # A terminal that reports no size (some ptys, `docker run -t`) gets no bar at all from tqdm: assume 80 x 24.
+    size = {"dynamic_ncols": True} if terminal_columns(sys.stderr) else {"ncols": 80, "nrows": 24}
+    with tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, bar_format=bar_format,
+              mininterval=mininterval, miniters=1 if mininterval == 0 else None, **size) as bar:
         yield from bar
+
+
+def terminal_columns(stream: IO[str]) -> int:
+    """The width of the terminal behind ``stream``; 0 when it is not one or reports no size."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def format_duration(seconds: float) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +16,10 @@ from mela.data.samplers import TaskShape, check_can_sample, labeling_pile
 from mela.device import pick_device
 from mela.engine.checkpoint import initial_model, load_feature_model
 from mela.engine.supervised import SupervisedSettings, train_supervised
-from mela.engine.trainer import check_validation_data
+from mela.engine.trainer import ReportSettings, check_validation_data
 from mela.errors import MelaError
 from mela.methods.centroids_io import load_centroids_file
-from mela.methods.global_labels import infer_global_labels, pile_features
+from mela.methods.global_labels import GlobalLabels, infer_global_labels, pile_features
 from mela.methods.labeler import LabelerConfig
 from mela.models.registry import check_model_name
 from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
@@ -70,6 +70,21 @@ def load_centroids(ref: str | None, store: RunStore, feat_dim: int, n_ways: int)
     return load_centroids_file(path, feat_dim, min_count=n_ways)
 
 
+def show_labeler(run_dir: Path, labels: GlobalLabels, true_classes: np.ndarray | None,
+                 report: ReportSettings | None, log: Callable[[str], None]) -> None:
+    """What the clustering did, for people: per-pass counts and cluster sizes in TensorBoard, and the labeler's
+    plots (passes, cluster sizes, clusters against true classes) in the run folder."""
+    if report is None:
+        return
+    from mela.reporting.metrics import MetricsWriter
+    from mela.reporting.plots import cluster_sizes, labeler_plots
+
+    with MetricsWriter(run_dir, STEP, report.tensorboard, log) as writer:
+        writer.log_labeler(labels.passes, cluster_sizes(labels.assigned))
+    if report.plots:
+        labeler_plots(run_dir, labels.passes, labels.assigned, true_classes)
+
+
 def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
     """Label the pile with the frozen step-1 model, report, then train ``train_model`` on the inferred labels."""
     store = RunStore(settings.run.workspace)
@@ -101,6 +116,7 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
         report = labels.report(train.labels[tasks[:, :, 0]])
         report.update(mode=settings.labeler.mode, K_initial=settings.labeler.K)
         run.write_json("labeler_report.json", report)
+        show_labeler(run.run_dir, labels, train.labels[tasks[:, :, 0]], settings.training.report, run.log)
         run.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "
                 f"{report['clustering_accuracy']:.3f}, {report['tasks_kept']}/{report['tasks_total']} tasks kept")
         items, inferred = labels.labelled_items(tasks)

@@ -44,12 +44,16 @@ EVALUATED = (("meta_repr", "learn_meta_repr"), ("mela", "learn_labeler"), ("mela
 
 @dataclass(frozen=True)
 class PipelineSettings:
+    """Attributes beyond the usual: every step's typed ``steps`` settings, the ``evaluation`` of each model,
+    and ``plots`` (``accuracy.png`` and the plots the report embeds)."""
+
     run: RunSettings
     dataset: DatasetRef
     model: str
     steps: Mapping[str, object]
     evaluation: meta_eval.MetaEvalSettings
     config: Mapping
+    plots: bool = True
 
 
 def read_settings(cfg: DictConfig) -> PipelineSettings:
@@ -64,7 +68,7 @@ def read_settings(cfg: DictConfig) -> PipelineSettings:
     evaluation = meta_eval.read_settings(compose_pipeline_step(cfg, "meta_eval", run_name))
     config = {**readers.record(cfg), "run_name": run_name}
     return PipelineSettings(RunSettings(run_settings.workspace, run_name, run_settings.device, run_settings.seed),
-                            readers.read_dataset(cfg), str(cfg.model), steps, evaluation, config)
+                            readers.read_dataset(cfg), str(cfg.model), steps, evaluation, config, bool(cfg.plots))
 
 
 def results_table(rows: list[dict]) -> str:
@@ -139,11 +143,26 @@ def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset, pipel
                "labeler": labeler, "seconds": round(time.time() - started, 1)}
     path = pipeline_dir / "results.json"
     write_json_atomic(path, results)
+    report_paths = write_pipeline_report(pipeline_dir, results, settings.plots)
     print()
     print(results_table(rows))
     print(labeler_line(labeler))
     print(f"pipeline time: {results['seconds']:.0f} s")
-    print(path)
+    for report_path in report_paths:
+        print(report_path)
+    print(path)  # last: scripts and tests read the results.json path from here
     results["path"] = str(path)
     return results
+
+
+def write_pipeline_report(pipeline_dir: Path, results: Mapping, plots: bool) -> tuple[Path, Path]:
+    """``accuracy.png`` (95 % CIs per model and shot count) and ``report.md`` / ``report.html`` across the
+    pipeline's runs, in the pipeline folder."""
+    from mela.reporting import plots as drawing
+    from mela.reporting.report import ACCURACY_PNG, write_report
+
+    if plots:
+        drawing.pipeline_accuracy(results["rows"], pipeline_dir / ACCURACY_PNG,
+                                  title=f"{results['run_name']}: {results['dataset']} / {results['model']}")
+    return write_report([pipeline_dir], pipeline_dir, with_plots=plots)
 
