@@ -22,33 +22,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from mela.data.base import SPLITS, DatasetSpec, ImageSplit
+from mela.data.images import GREY_MODES, IMAGE_SUFFIXES, image_mode, read_image, resize_image
 from mela.data.registry import DatasetRef, register_dataset_factory
 from mela.errors import MelaError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 SPLIT_FRACTIONS = (0.64, 0.16, 0.20)
-
-
-def _resize(array: np.ndarray, size: int) -> np.ndarray:
-    """(H,W,C) uint8 -> (size,size,C), bilinear; a no-op when already that size."""
-    if array.shape[:2] == (size, size):
-        return array
-    if array.shape[2] == 1:
-        return np.asarray(Image.fromarray(array[..., 0]).resize((size, size), Image.BILINEAR))[..., None]
-    return np.asarray(Image.fromarray(array).resize((size, size), Image.BILINEAR))
-
-
-def _mode(path: Path) -> str:
-    """An image's PIL mode, read from its header only (cheap: decides grey vs RGB before decoding)."""
-    try:
-        with Image.open(path) as image:
-            return image.mode
-    except (UnidentifiedImageError, OSError) as exc:
-        raise MelaError(f"cannot read image {path} ({exc}); remove or replace it") from exc
 
 
 def _read_folder(root: Path, size: int) -> tuple[np.ndarray, list[str], list[str]]:
@@ -66,16 +46,10 @@ def _read_folder(root: Path, size: int) -> tuple[np.ndarray, list[str], list[str
         if not found:
             raise MelaError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files.extend((p, name) for p in found)
-    grey = all(_mode(path) in GREY_MODES for path, _ in files)
+    grey = all(image_mode(path) in GREY_MODES for path, _ in files)
     images = np.empty((len(files), size, size, 1 if grey else 3), dtype=np.uint8)
     for row, (path, _) in enumerate(files):
-        try:
-            with Image.open(path) as image:
-                converted = image.convert("L" if grey else "RGB").resize((size, size), Image.BILINEAR)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise MelaError(f"cannot read image {path} ({exc}); remove or replace it") from exc
-        pixels = np.asarray(converted, dtype=np.uint8)
-        images[row] = pixels[..., None] if grey else pixels
+        images[row] = read_image(path, grey, size)
     return images, [name for _, name in files], classes
 
 
@@ -96,7 +70,7 @@ def _read_npz(path: Path, size: int) -> tuple[np.ndarray, list[str], list[str]]:
         raise MelaError(f"{path}: 'images' must be (N, H, W[, 1 or 3]) uint8, found {images.dtype} {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
         raise MelaError(f"{path}: 'labels' must be (N,) with N = {len(images)} images, found shape {labels.shape}")
-    resized = np.stack([_resize(image, size) for image in images]) if len(images) else images
+    resized = np.stack([resize_image(image, size) for image in images]) if len(images) else images
     names = [str(v) for v in labels.tolist()]
     unique = np.unique(labels)
     return resized, names, [str(v) for v in unique.tolist()]
