@@ -174,14 +174,15 @@ def make_tasks(split: ImageSplit, settings: MakeSettings) -> list[MadeTask]:
     """Draw the task collection (see the module docstring); deterministic for ``settings.seed``."""
     rng = np.random.default_rng([settings.seed, 0x7A5C])
     labels = split.labels
-    pools = [np.flatnonzero(labels == c) for c in range(split.n_classes)]
+    by_class = np.argsort(labels, kind="stable")
+    pools = np.split(by_class, np.cumsum(np.bincount(labels, minlength=split.n_classes))[:-1])
     sizes = np.array([len(p) for p in pools])
     shots_lo, shots_hi = settings.shots
     eligible = sizes >= shots_lo
     if eligible.sum() < settings.ways[1]:
         raise MelaError(f"only {int(eligible.sum())} classes have {shots_lo}+ images, fewer than --ways up to "
                         f"{settings.ways[1]}; lower --ways or --shots, or use a larger data set")
-    caps = np.where(eligible, settings.recur[1], 0)
+    caps = np.where(eligible, min(settings.recur[1], settings.n_tasks), 0)  # a class is in a task at most once
     if not settings.overlap:
         caps = np.minimum(caps, sizes // shots_lo)
     ways = rng.integers(settings.ways[0], settings.ways[1] + 1, settings.n_tasks)
