@@ -815,6 +815,8 @@ def load_tasks(path: str | Path, *, image_size: int | None = None, truth: str | 
                skip_bad_tasks: bool = False) -> TaskCollection:
     """A task collection from a folder of task folders or a ``.csv`` manifest."""
     path = Path(path).expanduser()
+    if not path.exists():
+        raise MelaError(f"tasks_path {path} does not exist; pass a folder of task folders or a .csv manifest")
     options = {"image_size": image_size, "truth": truth, "skip_bad_tasks": skip_bad_tasks}
     if path.is_dir():
         return load_folder(path, **options)
