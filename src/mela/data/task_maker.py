@@ -37,11 +37,10 @@ import numpy as np
 from PIL import Image
 
 from mela.data.base import ImageSplit
-from mela.data.tasks import MANIFEST_COLUMNS, TRUTH_COLUMNS, TRUTH_FILE, TaskCollection, from_pairs
+from mela.data.tasks import MANIFEST_COLUMNS, MANIFEST_FILE, TRUTH_COLUMNS, TRUTH_FILE, TaskCollection, from_pairs
 from mela.errors import MelaError
 
 FORMATS = ("folder", "manifest")
-MANIFEST_FILE = "manifest.csv"
 INFO_FILE = "make_info.json"
 WORDS = ("cat", "dog", "car", "tree", "cup", "red", "blue", "left", "right", "yes", "no", "other", "thing",
          "item", "big", "small", "x", "y", "sun", "box", "pen", "key", "map", "hat")

@@ -58,6 +58,7 @@ DEFAULT_IMAGE_SIZE = 84  # the side mixed-size collections are resized to, as fo
 MANIFEST_COLUMNS = ("path", "task", "local_label")
 TRUTH_COLUMNS = ("task", "local_label", "global_label")
 TRUTH_FILE = "truth.csv"
+MANIFEST_FILE = "manifest.csv"  # a folder holding one is loaded as a manifest
 SKIP_REASONS = ("too_few_classes", "empty_class", "missing_file", "unreadable_image", "duplicate_row",
                 "image_in_two_classes")
 SKIP_HINT = "; or set skip_bad_tasks to skip such tasks"
@@ -813,11 +814,13 @@ def from_pairs(pairs: Sequence[tuple], *, task_ids: Sequence[str] | None = None,
 
 def load_tasks(path: str | Path, *, image_size: int | None = None, truth: str | Path | None = None,
                skip_bad_tasks: bool = False) -> TaskCollection:
-    """A task collection from a folder of task folders or a ``.csv`` manifest."""
+    """A task collection from a folder of task folders, a ``.csv`` manifest, or a folder holding ``manifest.csv``."""
     path = Path(path).expanduser()
     if not path.exists():
         raise MelaError(f"tasks_path {path} does not exist; pass a folder of task folders or a .csv manifest")
     options = {"image_size": image_size, "truth": truth, "skip_bad_tasks": skip_bad_tasks}
+    if path.is_dir() and (path / MANIFEST_FILE).is_file():
+        return load_manifest(path / MANIFEST_FILE, **options)
     if path.is_dir():
         return load_folder(path, **options)
     if path.suffix.lower() == ".csv":
