@@ -39,6 +39,7 @@ pipeline steps (Hydra overrides as key=value; --cfg prints the resolved config, 
 
 other commands:
   data ...          data sets: info, check, download, unpack, converters, build-glyphs (mela data --help)
+  tasks ...         locally labelled task collections: make (from a data set), info (mela tasks --help)
   workspace init    create $WORKSPACE/metaL_data and $WORKSPACE/checkpoint/label_learn/saves
   models            list the model names
   report PATH...    report.md + self-contained report.html across runs, pipelines or a workspace
@@ -117,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             from mela.data_cli import main as data_main
 
             return data_main(rest)
+        if command == "tasks":
+            from mela.tasks_cli import main as tasks_main
+
+            return tasks_main(rest)
         if command == "workspace":
             return _workspace(rest)
         if command == "report":
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(available_models()))
             return 0
-        valid = ", ".join([*STEP_COMMANDS, "data", "workspace", "models", "report"])
+        valid = ", ".join([*STEP_COMMANDS, "data", "tasks", "workspace", "models", "report"])
         raise MelaError(f"unknown command '{command}'; valid commands: {valid}")
     except MelaError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mela.cli import main as mela_main
 from mela.data.registry import get_dataset_spec
 from mela.data.task_maker import MakeSettings, fit_recurrences, make_tasks, to_collection, write_tasks
 from mela.data.tasks import load_tasks
@@ -122,6 +123,8 @@ def test_mela_tasks_make_writes_a_loadable_collection_and_info_describes_it(
     assert described["tasks"] == 12 and described["task_classes"] == info["task_classes"]
     assert tasks_main(argv) == 2
     assert "is not an empty folder" in capsys.readouterr().err
+    assert mela_main(["tasks", "info", str(out)]) == 0  # `mela tasks` reaches the same command
+    assert f"{out / 'manifest.csv'}: 12 tasks" in capsys.readouterr().out
     assert parse_range("3-8") == (3, 8) and parse_range("5") == (5, 5)
     with pytest.raises(MelaError, match="not a range"):
         parse_range("3-x")
