@@ -318,7 +318,7 @@ def different_class_chance(observed_sq: np.ndarray, noise: np.ndarray, key_dista
 
 def merge_indistinguishable(
     centroids: np.ndarray, counts: np.ndarray, apart: np.ndarray, key_distance: float, z_max: float,
-    different_sq: np.ndarray | None = None, risk: float = 1.0,
+    different_sq: np.ndarray | None = None, risk: float = 1.0, groups: list[list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedily merge the pair with the smallest :func:`merge_statistic` while it is below ``z_max``.
 
@@ -326,7 +326,8 @@ def merge_indistinguishable(
     :func:`different_class_chance` of at most ``risk``: where different classes are
     as close as one class's clusters, the data cannot justify a merge. Merged clusters
     take the count-weighted mean and the summed count; pairs marked in ``apart`` (two
-    classes of one task), and groups that would contain one, never merge.
+    classes of one task), and groups that would contain one, never merge. A ``groups``
+    list, if given, is filled with the input indices behind each output centroid.
     """
     centroids, counts, apart = centroids.astype(np.float64).copy(), counts.astype(np.float64).copy(), apart.copy()
     alive = np.ones(len(centroids), dtype=bool)
@@ -342,6 +343,7 @@ def merge_indistinguishable(
         return z
 
     everything = np.arange(len(centroids))
+    members = [[i] for i in everything.tolist()]
     z = statistic(everything, everything)
     np.fill_diagonal(z, np.inf)
     z[apart] = np.inf
@@ -356,11 +358,14 @@ def merge_indistinguishable(
         apart[i] |= apart[j]
         apart[:, i] |= apart[:, j]
         alive[j] = False
+        members[i] += members[j]
         z[j, :] = z[:, j] = np.inf
         row = statistic(np.array([i]), everything)[0]
         row[~alive | apart[i]] = np.inf
         row[i] = np.inf
         z[i, :] = z[:, i] = row
+    if groups is not None:
+        groups[:] = [members[i] for i in np.flatnonzero(alive)]
     return centroids[alive], counts[alive]
 
 
@@ -429,6 +434,8 @@ def fit_centroids(
     spread = None if reference else as_spread(key_distance)
     centroids = keys[:n_init].reshape(-1, keys.shape[-1])[: config.K].copy()
     counts = np.zeros(len(centroids))
+    # Improved mode: the task whose key started a centroid (-1 once merged); its hits are no evidence.
+    origin = np.repeat(np.arange(n_init), n_ways)[: len(centroids)]
     far = None if spread is None else config.spawn_factor * spread.distance
     result = Clustering(centroids=centroids, spawn_distance=far, spread=spread)
     different_sq = different_class_sq_distances(keys) if spread is not None else None
@@ -438,16 +445,19 @@ def fit_centroids(
         hits = np.zeros(len(centroids))
         accepted = spawned = 0
         new_centroids: list[np.ndarray] = []
-        for task in keys:
+        for t, task in enumerate(keys):
             distances = cdist(task, centroids)
             if reference:
                 choice = nearest_distinct(distances)
                 if choice is None:
                     continue
-            elif spread is not None:
-                choice = matched_distinct(debiased_cost(distances, counts, spread.distance))
             else:
-                choice = matched_distinct(distances)
+                cost = distances if spread is None else debiased_cost(distances, counts, spread.distance)
+                own = origin == t
+                if own.any() and len(centroids) - own.sum() >= n_ways:
+                    # A centroid started by this task's key would win its own key back: no evidence.
+                    cost = cost + own[None, :] * (np.abs(cost).max() * 4.0 + 1.0)
+                choice = matched_distinct(cost)
             accepted += 1
             for j, c in enumerate(choice):
                 if far is not None and distances[j, c] > far:
@@ -461,10 +471,12 @@ def fit_centroids(
                 spawned += len(new_centroids)
                 centroids = np.concatenate([centroids, np.stack(new_centroids)])
                 counts = np.concatenate([counts, np.ones(len(new_centroids))])
-                hits = np.concatenate([hits, np.ones(len(new_centroids))])
+                hits = np.concatenate([hits, np.full(len(new_centroids), 1.0 if reference else 0.0)])
+                origin = np.concatenate([origin, np.full(len(new_centroids), t)])
                 new_centroids = []
         threshold = prune_threshold(hits, n_ways, config.std_factor)
-        keep = hits > threshold
+        # Improved hits exclude a centroid's own task, so "never trust one task" is hits >= threshold there.
+        keep = hits > threshold if reference else hits >= threshold
         if keep.sum() < n_ways:
             if reference:
                 raise MelaError(
@@ -474,16 +486,18 @@ def fit_centroids(
                 )
             keep = np.zeros(len(hits), dtype=bool)
             keep[np.argsort(-hits, kind="stable")[:n_ways]] = True
-        centroids, counts = centroids[keep], counts[keep]
+        centroids, counts, origin = centroids[keep], counts[keep], origin[keep]
         k_pruned = len(centroids)
         if spread is not None:
             assigned = label_tasks(keys, centroids, "improved")
             means, members = member_means(keys, assigned, centroids)
             apart = cooccurrence(assigned, len(centroids))
             z_max = merge_threshold(config.merge_factor, spread.effective_dim)
+            groups: list[list[int]] = []
             merged, merged_members = merge_indistinguishable(means, members, apart, spread.distance, z_max,
-                                                             different_sq, config.merge_risk)
+                                                             different_sq, config.merge_risk, groups)
             if len(merged) < len(centroids):
+                origin = np.array([origin[g[0]] if len(g) == 1 else -1 for g in groups], dtype=np.int64)
                 centroids, counts = merged, np.maximum(merged_members, 1.0)
         result.passes.append({
             "centroids_before": k_before, "spawned": spawned, "pruned": int(k_before + spawned - k_pruned),
