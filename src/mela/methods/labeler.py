@@ -434,8 +434,6 @@ def fit_centroids(
     spread = None if reference else as_spread(key_distance)
     centroids = keys[:n_init].reshape(-1, keys.shape[-1])[: config.K].copy()
     counts = np.zeros(len(centroids))
-    # Improved mode: the task whose key started a centroid (-1 once merged); its hits are no evidence.
-    origin = np.repeat(np.arange(n_init), n_ways)[: len(centroids)]
     far = None if spread is None else config.spawn_factor * spread.distance
     result = Clustering(centroids=centroids, spawn_distance=far, spread=spread)
     different_sq = different_class_sq_distances(keys) if spread is not None else None
@@ -445,7 +443,7 @@ def fit_centroids(
         hits = np.zeros(len(centroids))
         accepted = spawned = 0
         new_centroids: list[np.ndarray] = []
-        for t, task in enumerate(keys):
+        for task in keys:
             distances = cdist(task, centroids)
             if reference:
                 choice = nearest_distinct(distances)
@@ -453,10 +451,6 @@ def fit_centroids(
                     continue
             else:
                 cost = distances if spread is None else debiased_cost(distances, counts, spread.distance)
-                own = origin == t
-                if own.any() and len(centroids) - own.sum() >= n_ways:
-                    # A centroid started by this task's key would win its own key back: no evidence.
-                    cost = cost + own[None, :] * (np.abs(cost).max() * 4.0 + 1.0)
                 choice = matched_distinct(cost)
             accepted += 1
             for j, c in enumerate(choice):
@@ -471,12 +465,15 @@ def fit_centroids(
                 spawned += len(new_centroids)
                 centroids = np.concatenate([centroids, np.stack(new_centroids)])
                 counts = np.concatenate([counts, np.ones(len(new_centroids))])
-                hits = np.concatenate([hits, np.full(len(new_centroids), 1.0 if reference else 0.0)])
-                origin = np.concatenate([origin, np.full(len(new_centroids), t)])
+                hits = np.concatenate([hits, np.ones(len(new_centroids))])
                 new_centroids = []
+        k_merged = len(centroids)
+        if spread is not None:
+            # Merge before pruning, so a class split over two centroids pools its hits instead of losing both.
+            centroids, counts, hits = merge_pass(keys, centroids, hits, spread, different_sq, config)
+        k_merged -= len(centroids)
         threshold = prune_threshold(hits, n_ways, config.std_factor)
-        # Improved hits exclude a centroid's own task, so "never trust one task" is hits >= threshold there.
-        keep = hits > threshold if reference else hits >= threshold
+        keep = hits > threshold
         if keep.sum() < n_ways:
             if reference:
                 raise MelaError(
@@ -484,30 +481,41 @@ def fit_centroids(
                     "hits): there are too few tasks per class for this K; lower K or std_factor, or use "
                     "labeler=improved"
                 )
-            keep = np.zeros(len(hits), dtype=bool)
-            keep[np.argsort(-hits, kind="stable")[:n_ways]] = True
-        centroids, counts, origin = centroids[keep], counts[keep], origin[keep]
-        k_pruned = len(centroids)
-        if spread is not None:
-            assigned = label_tasks(keys, centroids, "improved")
-            means, members = member_means(keys, assigned, centroids)
-            apart = cooccurrence(assigned, len(centroids))
-            z_max = merge_threshold(config.merge_factor, spread.effective_dim)
-            groups: list[list[int]] = []
-            merged, merged_members = merge_indistinguishable(means, members, apart, spread.distance, z_max,
-                                                             different_sq, config.merge_risk, groups)
-            if len(merged) < len(centroids):
-                origin = np.array([origin[g[0]] if len(g) == 1 else -1 for g in groups], dtype=np.int64)
-                centroids, counts = merged, np.maximum(merged_members, 1.0)
+            # No centroid is reached by two tasks: nothing shows which ones are spurious, so keep them all.
+            keep = np.ones(len(hits), dtype=bool)
+        centroids, counts = centroids[keep], counts[keep]
         result.passes.append({
-            "centroids_before": k_before, "spawned": spawned, "pruned": int(k_before + spawned - k_pruned),
-            "merged": int(k_pruned - len(centroids)), "centroids_after": len(centroids),
+            "centroids_before": k_before, "spawned": spawned,
+            "pruned": int(k_before + spawned - k_merged - len(centroids)), "merged": int(k_merged),
+            "centroids_after": len(centroids),
             "clustering_rate": accepted / max(n_tasks, 1), "prune_threshold": threshold,
         })
         if len(centroids) == k_before:
             break
     result.centroids = centroids
     return result
+
+
+def merge_pass(
+    keys: np.ndarray, centroids: np.ndarray, hits: np.ndarray, spread: KeySpread, different_sq: np.ndarray,
+    config: LabelerConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Match every task, re-estimate centroids as member means, merge indistinguishable ones.
+
+    Returns centroids, their key counts (at least 1) and their pooled hits. When
+    nothing merges the centroids keep their running means.
+    """
+    assigned = label_tasks(keys, centroids, "improved")
+    means, members = member_means(keys, assigned, centroids)
+    apart = cooccurrence(assigned, len(centroids))
+    z_max = merge_threshold(config.merge_factor, spread.effective_dim)
+    groups: list[list[int]] = []
+    merged, merged_members = merge_indistinguishable(means, members, apart, spread.distance, z_max,
+                                                     different_sq, config.merge_risk, groups)
+    if len(merged) == len(centroids):
+        return centroids, np.maximum(members, 1.0), hits
+    pooled = np.array([hits[g].sum() for g in groups])
+    return merged, np.maximum(merged_members, 1.0), pooled
 
 
 def cluster_features(features: np.ndarray, config: LabelerConfig) -> Clustering:
