@@ -11,7 +11,10 @@ import pytest
 from mela.data.samplers import TaskShape, no_replacement_tasks
 from mela.errors import MelaError
 from mela.methods.labeler import (
+    KeySpread,
     LabelerConfig,
+    cluster_features,
+    cluster_spread,
     clustering_report,
     cooccurrence,
     fit_centroids,
@@ -51,10 +54,9 @@ def gaussian_tasks():
     return features[tasks], labels[tasks[:, :, 0]], means
 
 
-def _fit_and_report(features, true, config, with_key_distance=True):
+def _fit_and_report(features, true, config):
     keys = task_keys(features)
-    key_distance = same_class_key_distance(features) if with_key_distance and config.mode == "improved" else None
-    clustering = fit_centroids(keys, config, key_distance)
+    clustering = cluster_features(features, config)
     assigned = label_tasks(keys, clustering.centroids, config.mode)
     return clustering, clustering_report(assigned, true)
 

@@ -69,6 +69,8 @@ MODES = ("improved", "reference")
 # Warning thresholds of key_diagnostics (see benchmarks/labeler_sweep.py for where they come from).
 MAX_RELIABLE_DISTANCE_RATIO = 0.75
 MAX_RELIABLE_COLLISION_RATE = 0.2
+# Squared within-class sds, along the split direction, that two halves of one split class may sit apart.
+SPLIT_ALLOWANCE = 4.0
 
 
 @dataclass(frozen=True)
@@ -241,11 +243,11 @@ def cluster_spread(keys: np.ndarray, assigned: np.ndarray) -> KeySpread | None:
     return KeySpread(math.sqrt(2.0 * key_noise), dim, "clusters")
 
 
-def as_spread(key_distance: float | KeySpread | None) -> KeySpread | None:
-    """A bare distance (the older call form) is taken with an infinite effective dimension."""
+def as_spread(key_distance: float | KeySpread | None, dim: int) -> KeySpread | None:
+    """A bare distance (the older call form) is taken as isotropic noise in all ``dim`` dimensions."""
     if key_distance is None or isinstance(key_distance, KeySpread):
         return key_distance
-    return KeySpread(float(key_distance), math.inf, "given")
+    return KeySpread(float(key_distance), float(dim), "given")
 
 
 def debiased_cost(distances: np.ndarray, counts: np.ndarray, key_distance: float) -> np.ndarray:
@@ -319,8 +321,15 @@ def different_class_chance(observed_sq: np.ndarray, noise: np.ndarray, key_dista
 def merge_indistinguishable(
     centroids: np.ndarray, counts: np.ndarray, apart: np.ndarray, key_distance: float, z_max: float,
     different_sq: np.ndarray | None = None, risk: float = 1.0, groups: list[list[int]] | None = None,
+    allowance: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Greedily merge the pair with the smallest :func:`merge_statistic` while it is below ``z_max``.
+    """Greedily merge the most similar pair while its squared distance is at most ``z_max * noise + allowance``.
+
+    ``noise`` is the expected squared distance of the two means if they were one class
+    (the denominator of :func:`merge_statistic`), so with ``allowance=0`` this is
+    ``z <= z_max``. ``allowance`` covers the split of one class over two centroids:
+    each centroid then takes the keys on its side, so their means sit apart by about
+    one within-class standard deviation along the split, however many keys they hold.
 
     With ``different_sq`` (:func:`different_class_sq_distances`), a pair also needs a
     :func:`different_class_chance` of at most ``risk``: where different classes are
@@ -337,7 +346,7 @@ def merge_indistinguishable(
         inverse = 1.0 / np.maximum(counts, 1.0)
         noise = 0.5 * key_distance**2 * (inverse[rows][:, None] + inverse[cols][None, :])
         observed = cdist(centroids[rows], centroids[cols], "sqeuclidean")
-        z = observed / noise
+        z = observed / (z_max * noise + allowance)
         if guard:
             z[different_class_chance(observed, noise, key_distance, different_sq) > risk] = np.inf
         return z
@@ -349,7 +358,7 @@ def merge_indistinguishable(
     z[apart] = np.inf
     while len(z):
         i, j = np.unravel_index(np.argmin(z), z.shape)
-        if not z[i, j] <= z_max:
+        if not z[i, j] <= 1.0:
             break
         total = counts[i] + counts[j]
         weight_i = counts[i] / total if total > 0 else 0.5
@@ -431,7 +440,7 @@ def fit_centroids(
         n_init = config.K // n_ways
     else:
         n_init = min(math.ceil(config.K / n_ways), n_tasks)
-    spread = None if reference else as_spread(key_distance)
+    spread = None if reference else as_spread(key_distance, keys.shape[-1])
     centroids = keys[:n_init].reshape(-1, keys.shape[-1])[: config.K].copy()
     counts = np.zeros(len(centroids))
     far = None if spread is None else config.spawn_factor * spread.distance
@@ -510,8 +519,11 @@ def merge_pass(
     apart = cooccurrence(assigned, len(centroids))
     z_max = merge_threshold(config.merge_factor, spread.effective_dim)
     groups: list[list[int]] = []
+    # Splitting one class can put its two halves' means up to about 2 sds apart along the split direction,
+    # whose variance is about the key noise tr(S_key) = s^2 / 2 spread over D effective dimensions.
+    allowance = SPLIT_ALLOWANCE * 0.5 * spread.distance**2 / spread.effective_dim
     merged, merged_members = merge_indistinguishable(means, members, apart, spread.distance, z_max,
-                                                     different_sq, config.merge_risk, groups)
+                                                     different_sq, config.merge_risk, groups, allowance)
     if len(merged) == len(centroids):
         return centroids, np.maximum(members, 1.0), hits
     pooled = np.array([hits[g].sum() for g in groups])
@@ -633,7 +645,7 @@ def key_diagnostics(
     """
     t, n, d = keys.shape
     keys = keys.astype(np.float64)
-    spread = as_spread(spread)
+    spread = as_spread(spread, d)
     within = np.concatenate([pdist(task) for task in keys]) if n > 1 else np.zeros(0)
     different = float(np.median(within)) if len(within) else float("nan")
     collisions = float(np.mean([nearest_distinct(cdist(task, centroids)) is None for task in keys])) if len(
@@ -651,7 +663,7 @@ def key_diagnostics(
     out = {
         "same_class_key_distance": None if spread is None else spread.distance,
         "same_class_distance_source": None if spread is None else spread.source,
-        "effective_dimension": None if spread is None or math.isinf(spread.effective_dim) else spread.effective_dim,
+        "effective_dimension": None if spread is None else spread.effective_dim,
         "different_class_key_distance": different,
         "distance_ratio": None if spread is None or not different > 0 else spread.distance / different,
         "cannot_link_violation_rate": collisions,
