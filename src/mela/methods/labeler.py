@@ -82,7 +82,7 @@ class LabelerConfig:
     mode: str = "improved"
     max_passes: int = 30
     spawn_factor: float = 2.0
-    merge_factor: float = 3.0
+    merge_factor: float = 6.0
     merge_risk: float = 0.01
 
     def __post_init__(self) -> None:
@@ -217,19 +217,19 @@ def key_spread(features: np.ndarray, max_samples: int = 20000, seed: int = 0) ->
 def cluster_spread(keys: np.ndarray, assigned: np.ndarray) -> KeySpread | None:
     """``s`` and D from keys around the mean of the keys matched to the same centroid.
 
-    For one-image classes. A key of a cluster of a keys deviates from the cluster's
-    mean by (a-1)/a of the key noise; the median squared deviation (corrected) is
-    used so that keys matched to a wrong centroid (their class had none) do not
-    inflate it. ``None`` when no centroid got two keys.
+    For one-image classes. Deviations are taken from each cluster's coordinate-wise
+    median, scaled by a / (a - 1) as for a mean of a keys, and their median is used,
+    so that keys matched to a wrong centroid (their class had none) do not inflate
+    it. ``None`` when no centroid got two keys.
     """
     flat_keys = keys.reshape(-1, keys.shape[-1]).astype(np.float64)
     flat = assigned.reshape(-1)
     ok = flat >= 0
     flat_keys, flat = flat_keys[ok], flat[ok]
     _, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
-    sums = np.zeros((len(sizes), flat_keys.shape[1]))
-    np.add.at(sums, inverse, flat_keys)
-    residual = flat_keys - sums[inverse] / sizes[inverse, None]
+    # Coordinate-wise median centres: a few keys of another class barely move them (a mean would follow them).
+    centres = np.stack([np.median(flat_keys[inverse == c], axis=0) for c in range(len(sizes))])
+    residual = flat_keys - centres[inverse]
     useful = sizes[inverse] >= 2
     if useful.sum() < 2:
         return None
