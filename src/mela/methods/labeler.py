@@ -522,8 +522,10 @@ def merge_pass(
     # Splitting one class can put its two halves' means up to about 2 sds apart along the split direction,
     # whose variance is about the key noise tr(S_key) = s^2 / 2 spread over D effective dimensions.
     allowance = SPLIT_ALLOWANCE * 0.5 * spread.distance**2 / spread.effective_dim
+    # merge_risk bounds the chance that *any* of the other centroids' classes comes this close (Bonferroni).
+    risk = config.merge_risk / max(len(centroids) - 1, 1)
     merged, merged_members = merge_indistinguishable(means, members, apart, spread.distance, z_max,
-                                                     different_sq, config.merge_risk, groups, allowance)
+                                                     different_sq, risk, groups, allowance)
     if len(merged) == len(centroids):
         return centroids, np.maximum(members, 1.0), hits
     pooled = np.array([hits[g].sum() for g in groups])
