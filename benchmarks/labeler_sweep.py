@@ -175,11 +175,22 @@ def verdict(rows: list[dict]) -> dict:
         if imp["ari"] < ref["ari"] - 1e-9 or imp_err > ref_err + 1e-9:
             worse.append({"case": r["case"], "recurrence": r["recurrence"], "key_images": r["key_images"],
                           "ari": [ref["ari"], imp["ari"]], "count_error": [ref_err, imp_err]})
-        target_case = "trained" in r["case"] and r["key_images"] == 5 and r["recurrence"] in (4, 8)
+        target_case = r["case"].endswith("-trained") and r["key_images"] == 5 and r["recurrence"] in (4, 8)
         if target_case and not (imp_err <= 0.10 and imp["ari"] >= 0.9):
             target_misses.append({"case": r["case"], "recurrence": r["recurrence"], "ari": imp["ari"],
                                       "count_error": imp_err})
-    return {"improved_worse_than_reference": worse, "trained_glyph_target_misses": target_misses}
+    def error(x: dict) -> float:
+        return abs(x["clusters"] - x["true_classes"]) / x["true_classes"]
+
+    totals = {
+        "cases": len(rows),
+        "improved_ari_below_reference": sum(w["ari"][1] < w["ari"][0] - 1e-9 for w in worse),
+        "improved_count_error_above_reference": sum(w["count_error"][1] > w["count_error"][0] + 1e-9 for w in worse),
+        "mean_ari": {m: float(np.mean([r[m]["ari"] for r in rows])) for m in ("reference", "improved")} if rows else {},
+        "mean_count_error": {m: float(np.mean([error(r[m]) for r in rows])) for m in ("reference", "improved")}
+        if rows else {},
+    }
+    return {"totals": totals, "improved_worse_than_reference": worse, "trained_glyph_target_misses": target_misses}
 
 
 def main() -> None:
