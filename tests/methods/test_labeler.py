@@ -481,8 +481,10 @@ def test_key_diagnostics_on_hand_built_keys_without_any_true_label() -> None:
 
 
 def test_reliability_warning_fires_on_inseparable_keys_and_not_on_separated_ones() -> None:
-    assert reliability_warning({"distance_ratio": 0.3, "cannot_link_violation_rate": 0.01}) is None
-    assert "0.95 times" in reliability_warning({"distance_ratio": 0.95, "cannot_link_violation_rate": 0.01})
+    measured = {"same_class_key_distance": 1.0, "cannot_link_violation_rate": 0.01}
+    assert reliability_warning({**measured, "distance_ratio": 0.3}) is None
+    assert "0.95 times" in reliability_warning({**measured, "distance_ratio": 0.95})
+    assert "could not be measured" in reliability_warning({**measured, "same_class_key_distance": None})
     rng = np.random.default_rng(12)
     features = rng.normal(size=(60, 5, 4, 8)) + 0.05 * rng.normal(size=(60, 5, 1, 8))  # classes barely differ
     clustering = cluster_features(features, LabelerConfig(K=50))

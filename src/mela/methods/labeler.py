@@ -67,7 +67,7 @@ from mela.errors import MelaError
 MODES = ("improved", "reference")
 
 # Warning thresholds of key_diagnostics (see benchmarks/labeler_sweep.py for where they come from).
-MAX_RELIABLE_DISTANCE_RATIO = 0.75
+MAX_RELIABLE_DISTANCE_RATIO = 0.6
 MAX_RELIABLE_COLLISION_RATE = 0.2
 # Squared within-class sds, along the split direction, that two halves of one split class may sit apart.
 SPLIT_ALLOWANCE = 4.0
@@ -648,6 +648,8 @@ def key_diagnostics(
     t, n, d = keys.shape
     keys = keys.astype(np.float64)
     spread = as_spread(spread, d)
+    if spread is None and len(centroids) >= n:  # one-image classes: measure it around the centroids
+        spread = cluster_spread(keys, label_tasks(keys, centroids, "improved"))
     within = np.concatenate([pdist(task) for task in keys]) if n > 1 else np.zeros(0)
     different = float(np.median(within)) if len(within) else float("nan")
     collisions = float(np.mean([nearest_distinct(cdist(task, centroids)) is None for task in keys])) if len(
@@ -678,6 +680,9 @@ def key_diagnostics(
 def reliability_warning(diagnostics: dict) -> str | None:
     """One sentence when the diagnostics say the inferred labels cannot be trusted, else ``None``."""
     reasons = []
+    if diagnostics.get("same_class_key_distance") is None:
+        reasons.append("the same-class key distance could not be measured (one image per class and no centroid "
+                       "reached by two keys)")
     ratio = diagnostics.get("distance_ratio")
     if ratio is not None and ratio > MAX_RELIABLE_DISTANCE_RATIO:
         reasons.append(f"two keys of one class are {ratio:.2f} times as far apart as two keys of different classes "
