@@ -162,7 +162,9 @@ def optim_settings(cfg: DictConfig) -> OptimSettings:
 
 
 def augmenter(spec: DatasetSpec, cfg: DictConfig, data_aug: bool) -> Augmenter:
-    return Augmenter(spec.mean, spec.std, data_aug=data_aug, flip=bool(cfg.get("hflip", True)))
+    return Augmenter(spec.mean, spec.std, data_aug=data_aug, flip=bool(cfg.get("hflip", True)),
+                     crop=bool(cfg.get("aug_crop", True)), pad_mode=str(cfg.get("aug_pad_mode", "reflect")),
+                     jitter=float(cfg.get("aug_jitter", 0.0)))
 
 
 def images_tensor(split: ImageSplit, device: torch.device) -> torch.Tensor:

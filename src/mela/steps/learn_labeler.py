@@ -16,10 +16,11 @@ from mela.methods.checkpoint import load_feature_model
 from mela.methods.evaluator import extract_features
 from mela.methods.labeler import (
     LabelerConfig,
+    cluster_features,
     clustering_report,
-    fit_centroids,
+    key_diagnostics,
+    key_spread,
     label_tasks,
-    same_class_key_distance,
     task_keys,
 )
 from mela.models.registry import check_model_name
@@ -70,7 +71,7 @@ def run(cfg: DictConfig) -> dict:
     check_model_name(cfg.train_model)
     labeler_config = LabelerConfig(K=int(cfg.K), std_factor=float(cfg.std_factor), mode=str(cfg.labeler),
                                    max_passes=int(cfg.max_passes), spawn_factor=float(cfg.spawn_factor),
-                                   merge_factor=float(cfg.merge_factor))
+                                   merge_factor=float(cfg.merge_factor), merge_risk=float(cfg.merge_risk))
     spec = common.dataset_spec(cfg)
     root = workspace_root(cfg.get("workspace"))
     labeler_path = common.find_model(cfg.pretrained_labeler, root, ("learn_meta_repr",), str(cfg.dataset))
@@ -88,12 +89,13 @@ def run(cfg: DictConfig) -> dict:
     ctx.log(f"labelling {len(tasks)} tasks with {labeler_path}")
     item_features = pile_features(labeler_model, train, tasks, spec, ctx.device)
     keys = task_keys(item_features)
-    key_distance = same_class_key_distance(item_features) if labeler_config.mode == "improved" else None
     centroids = load_centroids(cfg.pretrained_centroids, ctx.workspace)
     passes: list[dict] = []
+    spread = key_spread(item_features)
     if centroids is None:
-        clustering = fit_centroids(keys, labeler_config, key_distance)
+        clustering = cluster_features(item_features, labeler_config)
         centroids, passes = clustering.centroids, clustering.passes
+        spread = clustering.spread or spread
         for i, p in enumerate(passes):
             ctx.log(f"pass {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                    for k, v in p.items()))
@@ -102,17 +104,25 @@ def run(cfg: DictConfig) -> dict:
     os.replace(tmp, ctx.run_dir / CENTROIDS_FILE)
     assigned = label_tasks(keys, centroids, labeler_config.mode)
     true_classes = train.labels[tasks[:, :, 0]]
+    diagnostics = key_diagnostics(keys, centroids, spread)
     report = clustering_report(assigned, true_classes)
     report.update(centroids=len(centroids), passes=passes, mode=labeler_config.mode, K_initial=labeler_config.K,
-                  same_class_key_distance=key_distance)
+                  same_class_key_distance=diagnostics["same_class_key_distance"], diagnostics=diagnostics,
+                  warning=diagnostics["warning"])
     (ctx.run_dir / "labeler_report.json").write_text(json.dumps(report, indent=1))
+    ratio = diagnostics["distance_ratio"]
+    ctx.log(f"label-free: same/different-class key distance {'n/a' if ratio is None else f'{ratio:.2f}'}, "
+            f"{100 * diagnostics['cannot_link_violation_rate']:.1f}% of tasks collide on a centroid")
+    if diagnostics["warning"]:
+        ctx.log(f"WARNING: {diagnostics['warning']}")
     ctx.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "
-            f"{report['clustering_accuracy']:.3f}, {report['tasks_kept']}/{report['tasks_total']} tasks kept")
+            f"{report['clustering_accuracy']:.3f}, ARI {report['ari']:.3f}, NMI {report['nmi']:.3f}, "
+            f"{report['tasks_kept']}/{report['tasks_total']} tasks kept")
     items, labels = inferred_split(tasks, assigned)
     item_images = train.item_images()[items]
     model = common.initial_model(start, cfg.train_model, common.in_channels(train), cfg.feat_dim, ctx)
     result = train_supervised(ctx, cfg, spec, train, item_images, [labels], model, val, bool(cfg.sup_data_aug),
                               bool(cfg.sup_rotate_aug), {"step": "learn_labeler", "dataset": str(cfg.dataset)})
-    labeler_summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "tasks_kept",
-                                              "tasks_total")}
+    labeler_summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "ari", "nmi",
+                                              "tasks_kept", "tasks_total", "warning")}
     return common.finish_run(ctx, {**result, "labeler": labeler_summary})
