@@ -11,6 +11,7 @@ from mela.data.augment import (
     color_jitter,
     default_padding,
     normalize,
+    pad_border,
     random_crop,
     random_hflip,
     rotate90,
@@ -62,14 +63,16 @@ def test_random_crop_with_zero_padding_is_the_identity() -> None:
     assert torch.equal(random_crop(x, 0, _generator(0)), x)
 
 
-def test_each_crop_is_a_window_of_the_zero_padded_image_at_some_offset() -> None:
+@pytest.mark.parametrize(("pad_mode", "numpy_mode"), [("zeros", "constant"), ("reflect", "reflect"),
+                                                      ("replicate", "edge")])
+def test_each_crop_is_a_window_of_the_padded_image_at_some_offset(pad_mode: str, numpy_mode: str) -> None:
     torch.manual_seed(0)
     padding, size = 3, 12
     x = torch.rand(16, 2, size, size) + 0.5  # strictly positive, so padding zeros are unambiguous
-    out = random_crop(x, padding, _generator(1))
+    out = random_crop(x, padding, _generator(1), pad_mode)
     offsets = set()
     for index in range(len(x)):
-        padded = np.pad(x[index].numpy(), ((0, 0), (padding, padding), (padding, padding)))
+        padded = np.pad(x[index].numpy(), ((0, 0), (padding, padding), (padding, padding)), mode=numpy_mode)
         matches = [
             (dy, dx)
             for dy in range(2 * padding + 1)
@@ -80,6 +83,38 @@ def test_each_crop_is_a_window_of_the_zero_padded_image_at_some_offset() -> None
         offsets.add(matches[0])
     # Offsets really vary from image to image.
     assert len(offsets) > 4
+
+
+def test_pad_border_reflects_and_replicates_a_hand_built_image() -> None:
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]).view(1, 1, 3, 3)
+    reflect = torch.tensor([
+        [9, 8, 7, 8, 9, 8, 7], [6, 5, 4, 5, 6, 5, 4], [3, 2, 1, 2, 3, 2, 1], [6, 5, 4, 5, 6, 5, 4],
+        [9, 8, 7, 8, 9, 8, 7], [6, 5, 4, 5, 6, 5, 4], [3, 2, 1, 2, 3, 2, 1],
+    ], dtype=torch.float32)
+    replicate = torch.tensor([
+        [1, 1, 1, 2, 3, 3, 3], [1, 1, 1, 2, 3, 3, 3], [1, 1, 1, 2, 3, 3, 3], [4, 4, 4, 5, 6, 6, 6],
+        [7, 7, 7, 8, 9, 9, 9], [7, 7, 7, 8, 9, 9, 9], [7, 7, 7, 8, 9, 9, 9],
+    ], dtype=torch.float32)
+    assert torch.equal(pad_border(x, 2, "reflect")[0, 0], reflect)
+    assert torch.equal(pad_border(x, 2, "replicate")[0, 0], replicate)
+    assert pad_border(x, 2, "zeros")[0, 0, 0].abs().sum() == 0
+
+
+def test_crops_of_a_white_image_stay_white_unless_padding_with_zeros() -> None:
+    white = torch.ones(32, 1, 16, 16)
+    for mode in ("reflect", "replicate"):
+        assert torch.equal(random_crop(white, 3, _generator(2), mode), white)
+    black_frames = random_crop(white, 3, _generator(2), "zeros")
+    assert (black_frames == 0).any()
+
+
+def test_reflect_padding_as_wide_as_the_image_and_unknown_pad_modes_raise_mela_errors() -> None:
+    with pytest.raises(MelaError, match="pad_mode=replicate"):
+        pad_border(torch.rand(1, 1, 3, 3), 3, "reflect")
+    with pytest.raises(MelaError, match="valid modes: reflect, replicate, zeros"):
+        random_crop(torch.rand(1, 1, 8, 8), 2, None, "wrap")
+    with pytest.raises(MelaError, match="valid modes"):
+        Augmenter(MEAN, STD, data_aug=True, pad_mode="black")
 
 
 def test_random_crop_on_a_non_square_batch_keeps_its_shape() -> None:
@@ -176,3 +211,24 @@ def test_augmenter_handles_one_channel_glyph_images() -> None:
     out = Augmenter((0.5,), (0.5,), data_aug=True)(images, _generator(0))
     assert out.shape == (3, 1, 32, 32)
     assert torch.isfinite(out).all()
+
+
+def test_augmenter_with_every_transform_switched_off_only_normalizes() -> None:
+    images = _uint8_batch(6)
+    augment = Augmenter(MEAN, STD, data_aug=True, crop=False, jitter=0.0, flip=False)
+    assert torch.equal(augment(images, _generator(0)), normalize(images, MEAN, STD))
+
+
+def test_augmenter_switches_run_exactly_the_transforms_left_on() -> None:
+    images = _uint8_batch(7, batch=8)
+    unit = images.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    crop_only = Augmenter(MEAN, STD, data_aug=True, jitter=0.0, flip=False, pad_mode="replicate")
+    expected = (random_crop(unit, default_padding(32), _generator(3), "replicate") - mean) / std
+    torch.testing.assert_close(crop_only(images, _generator(3)), expected)
+    jitter_only = Augmenter(MEAN, STD, data_aug=True, crop=False, jitter=0.3, flip=False)
+    jittered = color_jitter(unit, 0.3, _generator(4))
+    torch.testing.assert_close(jitter_only(images, _generator(4)), (jittered - mean) / std)
+    flip_only = Augmenter(MEAN, STD, data_aug=True, crop=False, jitter=0.0)
+    torch.testing.assert_close(flip_only(images, _generator(5)), (random_hflip(unit, _generator(5)) - mean) / std)

@@ -7,19 +7,32 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from mela.data.samplers import TaskShape, no_replacement_tasks
 from mela.errors import MelaError
 from mela.methods.labeler import (
+    KeySpread,
     LabelerConfig,
+    cluster_features,
+    cluster_spread,
     clustering_report,
     cooccurrence,
+    debiased_cost,
+    different_class_chance,
+    effective_dimension,
     fit_centroids,
+    key_diagnostics,
+    key_spread,
     label_tasks,
     matched_distinct,
     merge_close_centroids,
+    merge_indistinguishable,
+    merge_statistic,
     nearest_distinct,
     prune_threshold,
+    purity,
+    reliability_warning,
     same_class_key_distance,
     task_keys,
 )
@@ -51,10 +64,9 @@ def gaussian_tasks():
     return features[tasks], labels[tasks[:, :, 0]], means
 
 
-def _fit_and_report(features, true, config, with_key_distance=True):
+def _fit_and_report(features, true, config):
     keys = task_keys(features)
-    key_distance = same_class_key_distance(features) if with_key_distance and config.mode == "improved" else None
-    clustering = fit_centroids(keys, config, key_distance)
+    clustering = cluster_features(features, config)
     assigned = label_tasks(keys, clustering.centroids, config.mode)
     return clustering, clustering_report(assigned, true)
 
@@ -130,12 +142,13 @@ def test_reference_pruning_removes_an_initial_centroid_hit_only_by_its_own_task(
 
 
 def test_improved_pruning_removes_the_outlier_centroid_and_its_respawn_without_moving_the_real_ones() -> None:
-    # Same keys; key distance 1 -> spawn radius 2, merge radius 1 (A, B, C are 10 apart: no merge).
+    # Same keys; key distance 1 -> spawn radius 2 (A, B, C are 10 apart: never merged).
     clustering = fit_centroids(_outlier_keys(), LabelerConfig(K=4, mode="improved"), key_distance=1.0)
     first, second = clustering.passes
     assert (first["centroids_before"], first["spawned"], first["pruned"], first["merged"]) == (4, 0, 1, 0)
-    # Pass 2: FAR is matched to B at 142.1 > 2, so it spawns a centroid instead of dragging B; hit once, pruned.
-    assert (second["centroids_before"], second["spawned"], second["pruned"], second["centroids_after"]) == (3, 1, 1, 3)
+    # Pass 2: FAR is matched to a real centroid over 140 away, so it spawns one instead of dragging it; the
+    # spawned centroid is reached by FAR's task only and is pruned.
+    assert second["spawned"] >= 1 and second["centroids_after"] == 3
     assert second["clustering_rate"] == 1.0
     np.testing.assert_array_equal(clustering.centroids, np.array([A, B, C]))
     assert clustering.spawn_distance == 2.0
@@ -234,6 +247,7 @@ def test_clustering_report_on_a_hand_worked_example_with_a_dropped_task() -> Non
     # Cluster 0 holds true 5, 5, 9 -> majority 5; cluster 1 holds 7, 7, 7 -> 7.
     # Right: task 0 (2), task 1 (2), task 2 (only the 7); task 3 dropped -> 5 of 8.
     report = clustering_report(assigned, true)
+    ari, nmi = report.pop("ari"), report.pop("nmi")
     assert report == {
         "clusters": 2,
         "true_classes": 3,
@@ -243,7 +257,29 @@ def test_clustering_report_on_a_hand_worked_example_with_a_dropped_task() -> Non
         "true_classes_found": 2,
         "classes_split_over_clusters": 0,
         "clusters_mixing_classes": 1,
+        # The dropped task's two classes become clusters {5} and {7}: purity (2 + 3 + 1 + 1) / 8.
+        "clusters_with_unassigned": 4,
+        "purity": 0.875,
     }
+    # Pairs: same-cluster-and-class 1 + 3 = 4; clusters 3 + 3 = 6; classes 3 + 6 = 9; of C(8, 2) = 28.
+    # ARI = (4 - 6 * 9 / 28) / ((6 + 9) / 2 - 6 * 9 / 28).
+    assert ari == pytest.approx((4 - 54 / 28) / (7.5 - 54 / 28))
+    partition = [0, 1, 1, 0, 0, 1, 2, 3]
+    assert ari == pytest.approx(adjusted_rand_score(true.ravel(), partition))
+    assert nmi == pytest.approx(normalized_mutual_info_score(true.ravel(), partition))
+
+
+def test_ari_and_nmi_agree_with_sklearn_on_random_partitions_with_dropped_tasks() -> None:
+    rng = np.random.default_rng(11)
+    assigned = rng.integers(0, 6, size=(30, 3))
+    assigned[rng.random(30) < 0.2] = -1
+    true = rng.integers(0, 8, size=(30, 3))
+    report = clustering_report(assigned, true)
+    flat = assigned.ravel().copy()
+    flat[flat < 0] = 100 + np.arange((flat < 0).sum())  # each dropped class its own cluster
+    assert report["ari"] == pytest.approx(adjusted_rand_score(true.ravel(), flat))
+    assert report["nmi"] == pytest.approx(normalized_mutual_info_score(true.ravel(), flat))
+    assert report["clusters_with_unassigned"] == len(np.unique(flat))
 
 
 def test_clustering_report_counts_a_class_split_over_two_clusters() -> None:
@@ -275,9 +311,9 @@ def test_same_class_key_distance_is_the_typical_distance_between_two_keys_of_one
     assert empirical_rms == pytest.approx(expected, rel=0.1)
 
 
-def test_same_class_key_distance_needs_two_items_per_class() -> None:
-    with pytest.raises(MelaError, match="at least 2 images"):
-        same_class_key_distance(np.zeros((3, 2, 1, 4)))
+def test_same_class_key_distance_is_none_for_one_image_classes() -> None:
+    assert same_class_key_distance(np.zeros((3, 2, 1, 4))) is None
+    assert key_spread(np.zeros((3, 2, 1, 4))) is None
 
 
 def test_cooccurrence_marks_both_directions_of_each_kept_tasks_centroid_pairs() -> None:
@@ -326,3 +362,148 @@ def test_labeler_config_rejects_unknown_modes_and_non_positive_k() -> None:
         LabelerConfig(mode="kmeans")
     with pytest.raises(MelaError, match="K"):
         LabelerConfig(K=0)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("std_factor", -0.5, "std_factor must be zero or positive"),
+    ("spawn_factor", 0.0, "spawn_factor must be positive"),
+    ("merge_factor", -1.0, "merge_factor must be zero or positive"),
+    ("max_passes", 0, "max_passes must be at least 1"),
+    ("merge_risk", 1.5, "merge_risk must be between 0 and 1"),
+])
+def test_labeler_config_refuses_settings_out_of_range_with_one_line(field: str, value: float, message: str) -> None:
+    with pytest.raises(MelaError, match=message) as info:
+        LabelerConfig(**{field: value})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["improved", "reference"])
+def test_one_image_classes_are_labelled_in_both_modes(gaussian_tasks, mode: str) -> None:
+    features, true, _ = gaussian_tasks
+    one_image = features[:, :, :1]
+    clustering, report = _fit_and_report(one_image, true, LabelerConfig(K=N_CLASSES, mode=mode))
+    # Well separated classes (means 10 sd apart per dimension): both modes recover them from single images.
+    assert report["clusters"] == N_CLASSES
+    assert report["ari"] == pytest.approx(1.0)
+    if mode == "improved":
+        # The spread came from keys around their centroids: two images of a class are sqrt(2 * 16) apart.
+        assert clustering.spread.source == "clusters"
+        assert clustering.spread.distance == pytest.approx(math.sqrt(32.0), rel=0.1)
+
+
+def test_cluster_spread_recovers_the_key_noise_despite_keys_matched_to_a_wrong_centroid() -> None:
+    rng = np.random.default_rng(8)
+    d, per = 40, 12
+    keys = (rng.normal(size=(10, per, d)) + 50.0 * rng.normal(size=(10, 1, d))).reshape(-1, 2, d)
+    assigned = np.repeat(np.arange(10), per).reshape(-1, 2)
+    wrong = rng.random(assigned.shape) < 0.15
+    assigned[wrong] = (assigned[wrong] + 1) % 10  # these keys sit ~ 50 sqrt(2 d) from their centroid's mean
+    spread = cluster_spread(keys, assigned)
+    assert spread.distance == pytest.approx(math.sqrt(2.0 * d), rel=0.2)
+    # A mean-based estimate is dragged ~ 50 sds by the wrong keys.
+    flat, labels = keys.reshape(-1, d), assigned.ravel()
+    means = np.stack([flat[labels == c].mean(axis=0) for c in range(10)])
+    assert math.sqrt(2.0 * ((flat - means[labels]) ** 2).sum(-1).mean()) > 3 * math.sqrt(2.0 * d)
+
+
+def test_effective_dimension_counts_the_dimensions_the_noise_spans() -> None:
+    rng = np.random.default_rng(9)
+    iso = rng.normal(size=(300, 50))
+    assert effective_dimension(iso, 300) == pytest.approx(50.0, rel=0.1)
+    flat3 = np.zeros((300, 50))
+    flat3[:, :3] = rng.normal(size=(300, 3))
+    assert effective_dimension(flat3, 300) == pytest.approx(3.0, rel=0.1)
+    # Variances 4, 1, 1: (4 + 1 + 1)^2 / (16 + 1 + 1) = 2.
+    skew = rng.normal(size=(20000, 3)) * np.array([2.0, 1.0, 1.0])
+    assert effective_dimension(skew, 20000) == pytest.approx(2.0, rel=0.05)
+
+
+def test_merge_statistic_is_the_squared_distance_over_the_noise_of_two_means_of_one_class() -> None:
+    centroids = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
+    counts = np.array([4.0, 2.0, 0.0])
+    z = merge_statistic(centroids, counts, key_distance=2.0)
+    # Noise of a mean of a keys: s^2 / (2a) = 2 / a. (0,1): 9 / (0.5 + 1) = 6; (0,2): 1 / (0.5 + 2) = 0.4.
+    assert z[0, 1] == pytest.approx(6.0)
+    assert z[0, 2] == pytest.approx(0.4)
+    assert z[1, 2] == pytest.approx(10.0 / 3.0)
+
+
+def test_merge_indistinguishable_merges_within_noise_and_keeps_pairs_different_classes_reach() -> None:
+    centroids = np.array([[0.0], [1.2], [10.0]])
+    counts = np.array([4.0, 4.0, 4.0])
+    apart = np.zeros((3, 3), dtype=bool)
+    # s = 2: noise of two 4-key means 2 * (1/4 + 1/4) = 1; z_max 2 -> merge below squared distance 2.
+    merged, merged_counts = merge_indistinguishable(centroids, counts, apart, 2.0, z_max=2.0)
+    np.testing.assert_allclose(merged, [[0.6], [10.0]])
+    np.testing.assert_array_equal(merged_counts, [8.0, 4.0])
+    wide = np.array([[0.0], [1.5], [10.0]])  # 2.25 > 2: kept apart
+    assert len(merge_indistinguishable(wide, counts, apart, 2.0, z_max=2.0)[0]) == 3
+    # Different classes whose keys are as close as s (within-task squared distances near 4 = s^2): the chance
+    # that two different classes' means sit 1.2 apart is high, so no merge.
+    close_classes = np.sort(np.linspace(3.5, 6.0, 100))
+    guarded = merge_indistinguishable(centroids, counts, apart, 2.0, 2.0, close_classes, risk=0.01)[0]
+    assert len(guarded) == 3
+    far_classes = np.linspace(400.0, 500.0, 100)
+    assert len(merge_indistinguishable(centroids, counts, apart, 2.0, 2.0, far_classes, risk=0.01)[0]) == 2
+
+
+def test_different_class_chance_is_the_fraction_of_within_task_distances_below_the_shifted_bound() -> None:
+    different_sq = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    # bound = observed - noise + s^2 = 2.5 - 1 + 1 = 2.5 -> 2 of 5 below.
+    chance = different_class_chance(np.array([[2.5]]), np.array([[1.0]]), 1.0, different_sq)
+    assert chance[0, 0] == pytest.approx(0.4)
+
+
+def test_debiased_cost_removes_each_centroids_own_noise() -> None:
+    distances = np.array([[2.0, 3.0]])
+    cost = debiased_cost(distances, np.array([1.0, 4.0]), key_distance=2.0)
+    # s^2 / 2 = 2: minus 2 / 1 and 2 / 4.
+    np.testing.assert_allclose(cost, [[4.0 - 2.0, 9.0 - 0.5]])
+
+
+def test_purity_counts_each_clusters_majority_class() -> None:
+    assert purity(np.array([0, 0, 0, 1, 1, 2]), np.array([3, 3, 4, 4, 4, 5])) == pytest.approx(5 / 6)
+
+
+def test_key_diagnostics_on_hand_built_keys_without_any_true_label() -> None:
+    # Two 2-way tasks on a line; centroids at 0 and 10.
+    keys = np.array([[[0.0], [10.0]], [[1.2], [2.0]]])
+    centroids = np.array([[0.0], [10.0]])
+    diag = key_diagnostics(keys, centroids, KeySpread(2.0, 1.0))
+    assert diag["different_class_key_distance"] == pytest.approx(5.4)  # median of 10 and 0.8
+    assert diag["distance_ratio"] == pytest.approx(2.0 / 5.4)
+    assert diag["cannot_link_violation_rate"] == pytest.approx(0.5)  # task 2's keys both nearest centroid 0
+    # Nearest other key: 0 -> 1.2 (task 2), 10 -> 2 (task 2), 1.2 -> 2 and 2 -> 1.2 (own task): 2 of 4 in
+    # their own task; chance 1 / 3 -> 1.5.
+    assert diag["nearest_key_same_task_rate"] == pytest.approx(1.5)
+    assert "cannot_link" not in (diag["warning"] or "")
+    assert "50% of tasks" in diag["warning"]
+
+
+def test_reliability_warning_fires_on_inseparable_keys_and_not_on_separated_ones() -> None:
+    measured = {"same_class_key_distance": 1.0, "cannot_link_violation_rate": 0.01}
+    assert reliability_warning({**measured, "distance_ratio": 0.3}) is None
+    assert "0.95 times" in reliability_warning({**measured, "distance_ratio": 0.95})
+    assert "could not be measured" in reliability_warning({**measured, "same_class_key_distance": None})
+    rng = np.random.default_rng(12)
+    features = rng.normal(size=(60, 5, 4, 8)) + 0.05 * rng.normal(size=(60, 5, 1, 8))  # classes barely differ
+    clustering = cluster_features(features, LabelerConfig(K=50))
+    diag = key_diagnostics(task_keys(features), clustering.centroids, clustering.spread)
+    assert diag["distance_ratio"] > 0.9
+    assert diag["warning"].startswith("inferred labels are unreliable")
+
+
+def test_improved_mode_does_not_collapse_weak_classes_and_beats_reference_there() -> None:
+    # 100 classes recurring twice, means 0.6 image-sds apart: the case where the fixed-radius merge collapsed.
+    rng = np.random.default_rng(13)
+    n_classes, d, m = 100, 32, 2
+    means = 0.6 * rng.normal(size=(n_classes, d)) / math.sqrt(d) * math.sqrt(d)
+    class_items = {c: np.arange(c * 2 * m, (c + 1) * 2 * m) for c in range(n_classes)}
+    labels = np.repeat(np.arange(n_classes), 2 * m)
+    items = means[labels] + rng.normal(size=(len(labels), d))
+    tasks = no_replacement_tasks(class_items, TaskShape(N_WAYS, m, 0), rng)
+    features, true = items[tasks], labels[tasks[:, :, 0]]
+    _, improved = _fit_and_report(features, true, LabelerConfig(K=100))
+    _, reference = _fit_and_report(features, true, LabelerConfig(K=100, mode="reference"))
+    assert improved["clusters"] >= 0.5 * n_classes
+    assert improved["ari"] >= reference["ari"]

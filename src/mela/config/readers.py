@@ -79,7 +79,8 @@ def read_validation(cfg: DictConfig) -> ValidationSettings:
 
 
 def read_augment(cfg: DictConfig, key: str = "data_aug") -> AugmentSettings:
-    return AugmentSettings(enabled=bool(cfg[key]), flip=bool(cfg.get("hflip", True)))
+    return AugmentSettings(enabled=bool(cfg[key]), flip=bool(cfg.get("hflip", True)), crop=bool(cfg.aug_crop),
+                           pad_mode=str(cfg.aug_pad_mode), jitter=float(cfg.aug_jitter))
 
 
 def read_progress(cfg: DictConfig) -> bool:
@@ -117,4 +118,4 @@ def read_supervised(cfg: DictConfig, data_aug_key: str = "data_aug", rotate_key:
 def read_labeler(cfg: DictConfig) -> LabelerConfig:
     return LabelerConfig(K=int(cfg.K), std_factor=float(cfg.std_factor), mode=str(cfg.labeler),
                          max_passes=int(cfg.max_passes), spawn_factor=float(cfg.spawn_factor),
-                         merge_factor=float(cfg.merge_factor))
+                         merge_factor=float(cfg.merge_factor), merge_risk=float(cfg.merge_risk))

@@ -6,7 +6,11 @@ PIL pipeline in data-loader workers. The pipeline order is fixed:
     uint8 (B, H, W, C) -> float [0, 1] (B, C, H, W) -> random crop -> colour jitter
     -> horizontal flip -> per-channel normalisation
 
-Jitter works on the un-normalised [0, 1] image, where brightness, contrast and
+Crops pad by reflecting the border (``pad_mode="reflect"``, the default) or by
+replicating it (``"replicate"``); ``"zeros"`` (black, what the reference did) draws a
+dark frame around light-background images, which the network then sees only in
+training. Each transform can be switched off on its own (``crop``, ``jitter=0``,
+``flip``). Jitter works on the un-normalised [0, 1] image, where brightness, contrast and
 saturation have their usual meaning. Every random draw goes through an optional
 ``torch.Generator``; draws are made on the generator's device and moved to the
 batch's, so a seeded CPU generator gives the same augmentation on any device.
@@ -65,8 +69,29 @@ def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     return standardize(to_unit_float(x_uint8), mean, std)
 
 
-def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Zero-pad each side by ``padding`` and cut one random window of the input's own size per image.
+PAD_MODES = ("reflect", "replicate", "zeros")
+
+
+def pad_border(x: torch.Tensor, padding: int, pad_mode: str = "reflect") -> torch.Tensor:
+    """Pad each side of a (B, C, H, W) batch by ``padding`` pixels: mirrored, repeated edge, or black.
+
+    ``reflect`` mirrors without repeating the edge pixel (a b c | b a), so it needs
+    ``padding`` below the image size; ``replicate`` repeats the edge pixel.
+    """
+    if pad_mode not in PAD_MODES:
+        raise MelaError(f"unknown pad_mode '{pad_mode}'; valid modes: {', '.join(PAD_MODES)}")
+    if pad_mode == "zeros":
+        return F.pad(x, (padding, padding, padding, padding))
+    if pad_mode == "reflect" and padding >= min(x.shape[-2:]):
+        raise MelaError(f"reflect padding of {padding} px needs images larger than that, got "
+                        f"{x.shape[-2]}x{x.shape[-1]}; lower the padding or use pad_mode=replicate")
+    return F.pad(x, (padding, padding, padding, padding), mode=pad_mode)
+
+
+def random_crop(
+    x: torch.Tensor, padding: int, generator: torch.Generator | None = None, pad_mode: str = "reflect"
+) -> torch.Tensor:
+    """Pad each side by ``padding`` (:func:`pad_border`) and cut one random window of the input's size per image.
 
     Vectorised by gathering through per-image row and column index grids, so it
     costs one indexing op for the whole batch, whatever the image size.
@@ -74,10 +99,12 @@ def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None
     _check_batch(x, "random_crop")
     if padding < 0:
         raise MelaError(f"crop padding must be zero or positive, got {padding}")
+    if pad_mode not in PAD_MODES:
+        raise MelaError(f"unknown pad_mode '{pad_mode}'; valid modes: {', '.join(PAD_MODES)}")
     if padding == 0:
         return x
     batch, _, height, width = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
+    padded = pad_border(x, padding, pad_mode)
     span = 2 * padding + 1
     offsets = (_uniform((2, batch), generator, x.device) * span).long().clamp_(max=span - 1)
     rows = offsets[0, :, None] + torch.arange(height, device=x.device)  # (B, H)
@@ -158,20 +185,32 @@ def default_padding(size: int) -> int:
 
 @dataclass(frozen=True)
 class AugmentSettings:
-    """Which training-time augmentations a step applies (``data_aug``, ``hflip``)."""
+    """Which training-time augmentations a step applies (``data_aug`` and, within it, ``aug_crop``,
+    ``aug_pad_mode``, ``aug_jitter``, ``hflip``). Jitter is off by default: see ``Augmenter``."""
 
     enabled: bool = True
     flip: bool = True
+    crop: bool = True
+    pad_mode: str = "reflect"
+    jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.pad_mode not in PAD_MODES:
+            raise MelaError(f"unknown aug_pad_mode '{self.pad_mode}'; valid modes: {', '.join(PAD_MODES)}")
+        if self.jitter < 0:
+            raise MelaError(f"aug_jitter must be zero or positive, got {self.jitter}")
 
     def build(self, mean: Sequence[float], std: Sequence[float]) -> Augmenter:
-        return Augmenter(mean, std, data_aug=self.enabled, flip=self.flip)
+        return Augmenter(mean, std, data_aug=self.enabled, jitter=self.jitter, flip=self.flip, crop=self.crop,
+                         pad_mode=self.pad_mode)
 
 
 class Augmenter:
     """The training-time pipeline (crop, jitter, flip, normalise), or normalisation alone.
 
     Built once from the data set's statistics; call it on each uint8 batch after it
-    has been moved to the training device.
+    has been moved to the training device. ``data_aug`` is the master switch; within
+    it ``crop``, ``jitter`` (strength, 0 = off) and ``flip`` switch each transform.
     """
 
     def __init__(
@@ -182,31 +221,39 @@ class Augmenter:
         padding: int | None = None,
         jitter: float = 0.4,
         flip: bool = True,
+        crop: bool = True,
+        pad_mode: str = "reflect",
     ) -> None:
         if padding is not None and padding < 0:
             raise MelaError(f"crop padding must be zero or positive, got {padding}")
         if jitter < 0:
             raise MelaError(f"jitter strength must be zero or positive, got {jitter}")
+        if pad_mode not in PAD_MODES:
+            raise MelaError(f"unknown pad_mode '{pad_mode}'; valid modes: {', '.join(PAD_MODES)}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.data_aug = data_aug
         self.padding = padding
         self.jitter = jitter
         self.flip = flip
+        self.crop = crop
+        self.pad_mode = pad_mode
 
     def __call__(self, images_uint8: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, H, W, C) uint8 to a normalised, optionally augmented (B, C, H, W) float batch."""
         x = to_unit_float(images_uint8)
         if self.data_aug:
-            padding = self.padding if self.padding is not None else default_padding(x.shape[-2])
-            x = random_crop(x, padding, generator)
-            x = color_jitter(x, self.jitter, generator)
+            if self.crop:
+                padding = self.padding if self.padding is not None else default_padding(x.shape[-2])
+                x = random_crop(x, padding, generator, self.pad_mode)
+            if self.jitter > 0:
+                x = color_jitter(x, self.jitter, generator)
             if self.flip:
                 x = random_hflip(x, generator)
         return standardize(x, self.mean, self.std)
 
     def __repr__(self) -> str:
         return (
-            f"Augmenter(data_aug={self.data_aug}, padding={self.padding}, jitter={self.jitter}, flip={self.flip}, "
-            f"mean={self.mean}, std={self.std})"
+            f"Augmenter(data_aug={self.data_aug}, crop={self.crop}, padding={self.padding}, pad_mode={self.pad_mode}, "
+            f"jitter={self.jitter}, flip={self.flip}, mean={self.mean}, std={self.std})"
         )

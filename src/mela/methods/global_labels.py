@@ -16,10 +16,11 @@ from mela.data.base import ImageSplit
 from mela.methods.evaluator import extract_features
 from mela.methods.labeler import (
     LabelerConfig,
+    cluster_features,
     clustering_report,
-    fit_centroids,
+    key_diagnostics,
+    key_spread,
     label_tasks,
-    same_class_key_distance,
     task_keys,
 )
 
@@ -33,13 +34,19 @@ class GlobalLabels:
         assigned: (T, n_ways) centroid index of each task class; -1 for a task the labeler dropped
             (``labeler=reference`` only).
         passes: what each clustering pass did (spawned, pruned, merged, ...); empty with given centroids.
-        key_distance: the typical distance between two keys of one class (improved mode), else None.
+        diagnostics: label-free reliability of the labels (``methods.labeler.key_diagnostics``): same- vs
+            different-class key distance, cannot-link violations, and ``warning`` (a sentence or None).
     """
 
     centroids: np.ndarray
     assigned: np.ndarray
     passes: list[dict] = field(default_factory=list)
-    key_distance: float | None = None
+    diagnostics: dict = field(default_factory=dict)
+
+    @property
+    def warning(self) -> str | None:
+        """Why the inferred labels may be unreliable, or None."""
+        return self.diagnostics.get("warning")
 
     @property
     def n_clusters(self) -> int:
@@ -63,7 +70,9 @@ class GlobalLabels:
                 "tasks_kept": int((self.assigned >= 0).all(axis=1).sum()), "tasks_total": int(len(self.assigned))}
         if true_classes is not None:
             base.update(clustering_report(self.assigned, true_classes))
-        return {**base, "passes": self.passes, "same_class_key_distance": self.key_distance}
+        return {**base, "passes": self.passes, "diagnostics": self.diagnostics,
+                "same_class_key_distance": self.diagnostics.get("same_class_key_distance"),
+                "warning": self.warning}
 
 
 def infer_global_labels(
@@ -77,12 +86,15 @@ def infer_global_labels(
         centroids: reuse these (K, d) centroids instead of fitting new ones.
     """
     keys = task_keys(features)
-    key_distance = same_class_key_distance(features) if config.mode == "improved" else None
+    spread = key_spread(features)
     passes: list[dict] = []
     if centroids is None:
-        clustering = fit_centroids(keys, config, key_distance)
+        clustering = cluster_features(features, config)
         centroids, passes = clustering.centroids, clustering.passes
-    return GlobalLabels(np.asarray(centroids), label_tasks(keys, centroids, config.mode), passes, key_distance)
+        spread = clustering.spread or spread
+    centroids = np.asarray(centroids)
+    return GlobalLabels(centroids, label_tasks(keys, centroids, config.mode), passes,
+                        key_diagnostics(keys, centroids, spread))
 
 
 def pile_features(

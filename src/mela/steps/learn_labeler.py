@@ -117,8 +117,15 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
         report.update(mode=settings.labeler.mode, K_initial=settings.labeler.K)
         run.write_json("labeler_report.json", report)
         show_labeler(run.run_dir, labels, train.labels[tasks[:, :, 0]], settings.training.report, run.log)
+        ratio = labels.diagnostics.get("distance_ratio")
+        run.log(f"label-free: same/different-class key distance {'n/a' if ratio is None else f'{ratio:.2f}'}, "
+                f"{100 * labels.diagnostics.get('cannot_link_violation_rate', 0.0):.1f}% of tasks collide on a "
+                "centroid")
+        if labels.warning:
+            run.log(f"WARNING: {labels.warning}")
         run.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "
-                f"{report['clustering_accuracy']:.3f}, {report['tasks_kept']}/{report['tasks_total']} tasks kept")
+                f"{report['clustering_accuracy']:.3f}, ARI {report['ari']:.3f}, NMI {report['nmi']:.3f}, "
+                f"{report['tasks_kept']}/{report['tasks_total']} tasks kept")
         items, inferred = labels.labelled_items(tasks)
         model = initial_model(start, settings.train_model, train.image_shape[-1], settings.feat_dim, run.device,
                               run.log)
@@ -126,7 +133,7 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
                                               data.std, settings.training, run.device, run.run_dir, run.log,
                                               {"step": STEP, "dataset": settings.dataset.name})
         run.publish_model(outcome.chosen)
-        summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "tasks_kept",
-                                          "tasks_total")}
+        summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "ari", "nmi",
+                                          "tasks_kept", "tasks_total", "warning")}
         return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
                            "best_val": outcome.best_val, "n_classes": n_classes, "labeler": summary})

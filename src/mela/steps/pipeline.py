@@ -84,8 +84,10 @@ def results_table(rows: list[dict]) -> str:
 
 
 def labeler_line(labeler: Mapping) -> str:
-    return (f"labeler: {labeler['clusters']} clusters for {labeler['true_classes']} true classes, clustering accuracy "
-            f"{labeler['clustering_accuracy']:.3f}, {labeler['tasks_kept']}/{labeler['tasks_total']} tasks kept")
+    ari = f", ARI {labeler['ari']:.3f}" if labeler.get("ari") is not None else ""
+    line = (f"labeler: {labeler['clusters']} clusters for {labeler['true_classes']} true classes, clustering accuracy "
+            f"{labeler['clustering_accuracy']:.3f}{ari}, {labeler['tasks_kept']}/{labeler['tasks_total']} tasks kept")
+    return line + (f"\nWARNING: {labeler['warning']}" if labeler.get("warning") else "")
 
 
 def run(settings: PipelineSettings, dataset: Dataset | None = None) -> dict:
