@@ -154,6 +154,17 @@ def load_feature_model(path: Path, device: torch.device) -> tuple[FeatureModel, 
     return model.to(device), payload
 
 
+def peek_model(path: Path) -> FeatureModel:
+    """The model saved at ``path``, on the CPU, built without touching the global random state.
+
+    For checks before a run starts: the run seeds torch and then builds its models in a fixed order,
+    so building one earlier must not shift the draws that initialise the others.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model, _ = load_feature_model(path, torch.device("cpu"))
+    return model
+
+
 def check_architecture(model: FeatureModel, name: str, path: Path) -> None:
     """A saved model used as ``model=name`` must be that architecture: never train another one silently."""
     if model.spec.backbone != name:

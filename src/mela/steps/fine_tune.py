@@ -9,8 +9,7 @@ from omegaconf import DictConfig
 
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
-from mela.device import pick_device
-from mela.engine.checkpoint import check_architecture, load_feature_model
+from mela.engine.checkpoint import check_architecture, load_feature_model, peek_model
 from mela.engine.episodic import EpisodicSettings, check_episodic_data, train_episodic
 from mela.models.feature_model import FeatureModel, ModelSpec, check_feat_dim
 from mela.runs.store import MODEL_FILE, RunSettings, RunStore, start_run
@@ -43,9 +42,9 @@ def run(settings: FineTuneSettings, dataset: Dataset | None = None) -> dict:
     source = store.find_model(settings.pretrained_model, ("learn_labeler",), data.identity, settings.model)
     check_episodic_data(settings.training, data, STEP)
     train, val = data.split("train"), data.split("val")
-    base, _ = load_feature_model(source, pick_device(settings.run.device))
-    check_architecture(base, settings.model, source)
+    check_architecture(peek_model(source), settings.model, source)
     with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
+        base, _ = load_feature_model(source, run.device)  # after the seed: the MLP's initialisation follows it
         run.log(f"fine-tuning on top of {source}")
         model = FeatureModel(ModelSpec(base.spec.backbone, base.spec.backbone_kwargs, residual_mlp=True))
         model.backbone.load_state_dict(base.backbone.state_dict())

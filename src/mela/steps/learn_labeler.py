@@ -13,8 +13,7 @@ from omegaconf import DictConfig
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.samplers import TaskShape, check_can_sample, labeling_pile
-from mela.device import pick_device
-from mela.engine.checkpoint import initial_model, load_feature_model
+from mela.engine.checkpoint import initial_model, load_feature_model, peek_model
 from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import ReportSettings, check_validation_data
 from mela.errors import MelaError
@@ -97,15 +96,16 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
     train, val = data.split("train"), data.split("val")
     check_can_sample(train, settings.pile, f"{STEP}'s labelling tasks on the train split of {data.name}")
     check_validation_data(settings.training.validation, data, STEP)
-    labeler_model, payload = load_feature_model(labeler_path, pick_device(settings.run.device))
-    if payload["spec"]["backbone"] != settings.label_recovery_model:
+    peeked = peek_model(labeler_path)
+    if peeked.spec.backbone != settings.label_recovery_model:
         raise MelaError(f"label_recovery_model={settings.label_recovery_model} but {labeler_path} holds a "
-                        f"{payload['spec']['backbone']}; set label_recovery_model={payload['spec']['backbone']}")
-    centroids = load_centroids(settings.pretrained_centroids, store, labeler_model.feat_dim, settings.pile.n_ways)
+                        f"{peeked.spec.backbone}; set label_recovery_model={peeked.spec.backbone}")
+    centroids = load_centroids(settings.pretrained_centroids, store, peeked.feat_dim, settings.pile.n_ways)
     tasks = labeling_pile(train, settings.pile, settings.no_replacement, settings.train_db_size, settings.run.seed)
     with start_run(settings.run, STEP, data, settings.train_model, settings.config) as run:
+        labeler_model, _ = load_feature_model(labeler_path, run.device)  # after the seed, as every run does
         run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
-        features = pile_features(labeler_model.to(run.device), train, tasks, data.mean, data.std, run.device)
+        features = pile_features(labeler_model, train, tasks, data.mean, data.std, run.device)
         labels = infer_global_labels(features, settings.labeler, centroids)
         for i, p in enumerate(labels.passes):
             run.log(f"pass {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
