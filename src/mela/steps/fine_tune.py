@@ -35,12 +35,17 @@ def read_settings(cfg: DictConfig) -> FineTuneSettings:
                             readers.read_episodic(cfg), readers.record(cfg))
 
 
+def check_data(settings: FineTuneSettings, data: Dataset) -> None:
+    """Refuse, before any work, data the step's tasks cannot be drawn from."""
+    check_episodic_data(settings.training, data, STEP)
+
+
 def run(settings: FineTuneSettings, dataset: Dataset | None = None) -> dict:
     """Load the labeler's model, freeze it, train the MLP on top, publish ``model.pt``."""
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
     source = store.find_model(settings.pretrained_model, ("learn_labeler",), data.identity, settings.model)
-    check_episodic_data(settings.training, data, STEP)
+    check_data(settings, data)
     train, val = data.split("train"), data.split("val")
     check_architecture(peek_model(source), settings.model, source)
     with start_run(settings.run, STEP, data, settings.model, settings.config) as run:

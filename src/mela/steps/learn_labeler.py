@@ -84,6 +84,12 @@ def show_labeler(run_dir: Path, labels: GlobalLabels, true_classes: np.ndarray |
         labeler_plots(run_dir, labels.passes, labels.assigned, true_classes)
 
 
+def check_data(settings: LearnLabelerSettings, data: Dataset) -> None:
+    """Refuse, before any work, a train split the labelling pile cannot be drawn from, or a small val split."""
+    check_can_sample(data.split("train"), settings.pile, f"{STEP}'s labelling tasks on the train split of {data.name}")
+    check_validation_data(settings.training.validation, data, STEP)
+
+
 def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
     """Label the pile with the frozen step-1 model, report, then train ``train_model`` on the inferred labels."""
     store = RunStore(settings.run.workspace)
@@ -94,8 +100,7 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
         raise MelaError("learn_labeler needs the learn_meta_repr model: set pretrained_labeler=latest, a run or a file")
     start = store.find_model(settings.pretrained_model, STEPS, None, settings.train_model)
     train, val = data.split("train"), data.split("val")
-    check_can_sample(train, settings.pile, f"{STEP}'s labelling tasks on the train split of {data.name}")
-    check_validation_data(settings.training.validation, data, STEP)
+    check_data(settings, data)
     peeked = peek_model(labeler_path)
     if peeked.spec.backbone != settings.label_recovery_model:
         raise MelaError(f"label_recovery_model={settings.label_recovery_model} but {labeler_path} holds a "

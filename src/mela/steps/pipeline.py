@@ -18,9 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from mela.config import compose_pipeline_step, readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
-from mela.data.samplers import check_can_sample
-from mela.engine.episodic import check_episodic_data
-from mela.engine.trainer import check_validation_data
 from mela.errors import MelaError
 from mela.jsonio import write_json_atomic
 from mela.models.registry import check_model_name
@@ -29,14 +26,10 @@ from mela.runs.store import RunSettings, RunStore, check_reuse
 from mela.steps import fine_tune, learn_labeler, learn_meta_repr, meta_eval, sup_baseline
 from mela.workspace import data_dir, init_workspace, saves_dir, workspace_root
 
-TRAINING_STEPS: dict[str, Callable[..., dict]] = {
-    "learn_meta_repr": learn_meta_repr.run,
-    "learn_labeler": learn_labeler.run,
-    "fine_tune": fine_tune.run,
-    "sup_baseline": sup_baseline.run,
-}
-READERS = {"learn_meta_repr": learn_meta_repr.read_settings, "learn_labeler": learn_labeler.read_settings,
-           "fine_tune": fine_tune.read_settings, "sup_baseline": sup_baseline.read_settings}
+# The training steps, in the order they run; each module has read_settings, check_data and run.
+STEP_MODULES = {"learn_meta_repr": learn_meta_repr, "learn_labeler": learn_labeler, "fine_tune": fine_tune,
+                "sup_baseline": sup_baseline}
+TRAINING_STEPS: dict[str, Callable[..., dict]] = {step: module.run for step, module in STEP_MODULES.items()}
 # Which trained model each results row evaluates.
 EVALUATED = (("meta_repr", "learn_meta_repr"), ("mela", "learn_labeler"), ("mela_finetune", "fine_tune"),
              ("oracle", "sup_baseline"))
@@ -64,7 +57,8 @@ def read_settings(cfg: DictConfig) -> PipelineSettings:
     saves = saves_dir(workspace_root(run_settings.workspace))
     refs = {"learn_labeler": {"pretrained_labeler": str(saves / "learn_meta_repr" / run_name)},
             "fine_tune": {"pretrained_model": str(saves / "learn_labeler" / run_name)}}
-    steps = {step: read(compose_pipeline_step(cfg, step, run_name, refs.get(step))) for step, read in READERS.items()}
+    steps = {step: module.read_settings(compose_pipeline_step(cfg, step, run_name, refs.get(step)))
+             for step, module in STEP_MODULES.items()}
     evaluation = meta_eval.read_settings(compose_pipeline_step(cfg, "meta_eval", run_name))
     config = {**readers.record(cfg), "run_name": run_name}
     return PipelineSettings(RunSettings(run_settings.workspace, run_name, run_settings.device, run_settings.seed),
@@ -107,14 +101,8 @@ def run(settings: PipelineSettings, dataset: Dataset | None = None) -> dict:
 
 def check_data(settings: PipelineSettings, data: Dataset) -> None:
     """Every step's data needs (training, validation and test tasks), checked before the first step trains."""
-    steps = settings.steps
-    check_episodic_data(steps["learn_meta_repr"].training, data, "learn_meta_repr")
-    labeler = steps["learn_labeler"]
-    check_can_sample(data.split("train"), labeler.pile, f"learn_labeler's labelling tasks on the train split of "
-                                                         f"{data.name}")
-    check_validation_data(labeler.training.validation, data, "learn_labeler")
-    check_episodic_data(steps["fine_tune"].training, data, "fine_tune")
-    check_validation_data(steps["sup_baseline"].training.validation, data, "sup_baseline")
+    for step, module in STEP_MODULES.items():
+        module.check_data(settings.steps[step], data)
     meta_eval.check_data(settings.evaluation, data)
 
 

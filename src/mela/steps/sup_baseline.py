@@ -47,11 +47,16 @@ def true_label_sets(train: ImageSplit) -> tuple[np.ndarray, list[np.ndarray]]:
     return train.item_images(), [train.labels]
 
 
+def check_data(settings: SupBaselineSettings, data: Dataset) -> None:
+    """Refuse, before any work, a val split too small for the validation tasks."""
+    check_validation_data(settings.training.validation, data, STEP)
+
+
 def run(settings: SupBaselineSettings, dataset: Dataset | None = None) -> dict:
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
     start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
-    check_validation_data(settings.training.validation, data, STEP)
+    check_data(settings, data)
     train, val = data.split("train"), data.split("val")
     with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
         model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
