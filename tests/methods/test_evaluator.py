@@ -123,3 +123,31 @@ def test_eval_protocol_builds_the_named_head_with_its_options_and_rejects_unknow
     assert isinstance(EvalProtocol(head="ridge").head_factory()(), RidgeHead)
     with pytest.raises(MelaError, match="unknown few-shot head 'svm'"):
         EvalProtocol(head="svm").head_factory()
+
+
+def test_evaluating_inside_collection_tasks_fits_each_task_on_its_own_support_and_skips_single_image_classes(
+) -> None:
+    from mela.data.tasks import from_pairs, support_query
+    from mela.methods.evaluator import evaluate_collection_features
+    from mela.methods.heads import PrototypeHead
+
+    rng = np.random.default_rng(0)
+    # Two tasks over 1-d "images" whose pixel value is their feature: class c sits at 10 * c.
+    tasks = []
+    for sizes in ([3, 2, 1], [2, 4]):
+        images, labels = [], []
+        for c, n in enumerate(sizes):
+            for _ in range(n):
+                images.append(np.full((2, 2, 1), 10 * c + rng.integers(0, 3), dtype=np.uint8))
+                labels.append(f"k{c}")
+        tasks.append((np.stack(images), labels))
+    collection = from_pairs(tasks)
+    features = torch.from_numpy(collection.images.reshape(len(collection.images), -1)[:, :1].astype(np.float64))
+    result = evaluate_collection_features(features, collection, PrototypeHead, shots=None, is_norm=False, seed=4)
+    # By hand: classes are 10 apart and vary by at most 2, so prototypes score every query right.
+    assert result.accuracy.acc == 100.0 and result.accuracy.n_tasks == 2
+    assert result.unscored_classes == 1 and result.unscored_tasks == 0
+    # The split is the seeded support_query of each task: half of each class as support, at least one.
+    episode = support_query(collection, 1, np.random.default_rng([4, 1]), None)
+    assert sorted(np.bincount(episode.support_labels).tolist()) == [1, 2]
+    assert len(episode.query) == 3

@@ -108,3 +108,29 @@ def test_make_head_with_an_unknown_name_raises_a_mela_error_listing_the_valid_na
     assert "svm" in message
     for name in ("logistic", "prototype", "ridge"):
         assert name in message
+
+
+@pytest.mark.parametrize("d", [3, 24])
+def test_a_balanced_logistic_head_matches_sklearn_class_weight_balanced_on_unequal_supports(d: int) -> None:
+    rng = np.random.default_rng(d)
+    counts = [1, 4, 2, 5]  # a real labelling job: classes of unequal sizes
+    labels = np.repeat(np.arange(4), counts)
+    means = rng.normal(size=(4, d))
+    support = means[labels] + 0.9 * rng.normal(size=(len(labels), d))
+    query = means[np.repeat(np.arange(4), 3)] + 0.9 * rng.normal(size=(12, d))
+    head = LogisticRegressionHead(C=1.0, balanced=True).fit(torch.from_numpy(support)[None],
+                                                            torch.from_numpy(labels)[None], 4)
+    probs = head.predict_proba(torch.from_numpy(query)[None])[0].numpy()
+    reference = LogisticRegression(C=1.0, class_weight="balanced", tol=1e-10, max_iter=20000).fit(support, labels)
+    assert np.abs(probs - reference.predict_proba(query)).max() < 1e-4
+    # Unweighted, the intercept learns the support's class sizes: the probabilities differ.
+    plain = LogisticRegressionHead(C=1.0).fit(torch.from_numpy(support)[None], torch.from_numpy(labels)[None], 4)
+    assert np.abs(plain.predict_proba(torch.from_numpy(query)[None])[0].numpy() - probs).max() > 1e-3
+
+
+def test_balancing_changes_nothing_when_every_class_has_as_many_support_images() -> None:
+    support, labels, query = _tasks(7, 3, 5, 2, 4, 10)
+    args = (torch.from_numpy(support), torch.from_numpy(labels), 5)
+    balanced = LogisticRegressionHead(balanced=True).fit(*args).predict_proba(torch.from_numpy(query))
+    plain = LogisticRegressionHead().fit(*args).predict_proba(torch.from_numpy(query))
+    torch.testing.assert_close(balanced, plain, rtol=0, atol=1e-12)

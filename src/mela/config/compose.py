@@ -114,7 +114,8 @@ def apply(cfg: DictConfig, values: dict, where: str = "") -> DictConfig:
 # What the pipeline hands every step: its shared keys (where the step has them) and its per-step section.
 PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "tensorboard", "plots", "dataset", "n_ways", "n_shots",
                    "n_queries", "hflip", "aug_crop", "aug_pad_mode", "aug_jitter", "custom_path", "custom_split",
-                   "image_size")
+                   "image_size", "tasks_path", "tasks_truth", "skip_bad_tasks", "tasks_holdout", "tasks_val",
+                   "eval_dataset")
 
 
 def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:

@@ -39,8 +39,19 @@ def read_run(cfg: DictConfig) -> RunSettings:
 
 
 def read_dataset(cfg: DictConfig) -> DatasetRef:
-    return DatasetRef(str(cfg.dataset), cfg.get("custom_path"), cfg.get("custom_split"),
-                      int(cfg.get("image_size", 84)), int(cfg.seed))
+    """The data set a step runs on; ``image_size`` null means 84 for ``custom`` and the collection's own size
+    for ``tasks`` (a collection of mixed sizes then goes to 84)."""
+    size = cfg.get("image_size")
+    ref = DatasetRef(str(cfg.dataset), cfg.get("custom_path"), cfg.get("custom_split"),
+                     None if size is None else int(size), int(cfg.seed), cfg.get("tasks_path"),
+                     cfg.get("tasks_truth"), bool(cfg.get("skip_bad_tasks", False)),
+                     float(cfg.get("tasks_holdout", 0.1)), float(cfg.get("tasks_val", 0.05)))
+    if ref.name == "tasks" and not ref.tasks_path:
+        raise MelaError("dataset=tasks needs tasks_path=DIR (a folder of task folders, or a manifest .csv); make "
+                        "one with `mela tasks make --from glyphs --out DIR`")
+    if ref.tasks_path and ref.name != "tasks":
+        raise MelaError(f"tasks_path is given but dataset={ref.name}; set dataset=tasks to train on the collection")
+    return ref
 
 
 def read_feat_dim(cfg: DictConfig) -> int | None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mela.data.base import DatasetSpec, ImageSplit
+from mela.data.task_dataset import TASKS, TaskDataset, TaskSplitSettings, open_task_dataset
 from mela.errors import MelaError
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -36,14 +37,22 @@ class DatasetRef:
         path: the user's files (``custom``: a folder of class folders or an ``.npz``).
         split_file: optional JSON of class names per split (``custom``).
         image_size: side the user's images are resized to (``custom``).
-        seed: seed of the class split when no split file is given (``custom``).
+        seed: seed of the class split when no split file is given (``custom``), and of the task shares
+            (``tasks``).
+        tasks_path, tasks_truth, skip_bad_tasks, tasks_holdout, tasks_val: ``dataset=tasks`` (a locally
+            labelled task collection; see :mod:`mela.data.task_dataset`).
     """
 
     name: str
     path: str | None = None
     split_file: str | None = None
-    image_size: int = 84
+    image_size: int | None = None
     seed: int = 0
+    tasks_path: str | None = None
+    tasks_truth: str | None = None
+    skip_bad_tasks: bool = False
+    tasks_holdout: float = 0.1
+    tasks_val: float = 0.05
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
@@ -67,9 +76,9 @@ def _ensure_builtins() -> None:
 
 
 def available_datasets() -> list[str]:
-    """Names of every registered data set, sorted."""
+    """Names of every registered data set, sorted (``tasks``: a locally labelled task collection)."""
     _ensure_builtins()
-    return sorted({*_DATASETS, *_FACTORIES})
+    return sorted({*_DATASETS, *_FACTORIES, TASKS})
 
 
 def workspace_datasets() -> list[str]:
@@ -84,6 +93,9 @@ def get_dataset_spec(name: str | DatasetRef) -> DatasetSpec:
     _ensure_builtins()
     if ref.name in _FACTORIES:
         return _FACTORIES[ref.name](ref)
+    if ref.name == TASKS:
+        raise MelaError("dataset=tasks is a task collection, not a data set of labelled images: steps open it "
+                        "themselves; `mela tasks info PATH` describes one")
     if ref.name not in _DATASETS:
         raise MelaError(f"unknown data set '{ref.name}'; valid names: {', '.join(available_datasets())}")
     return _DATASETS[ref.name]
@@ -143,10 +155,24 @@ class Dataset:
             self._splits[name] = _load(self.spec, name, self.data_dir)
         return self._splits[name]
 
+    def episode_data(self, name: str) -> ImageSplit:
+        """What episodic training and validation draw tasks from: split ``name`` (a task collection gives
+        its tasks instead; see :class:`mela.data.task_dataset.TaskDataset`)."""
+        return self.split(name)
 
-def open_dataset(ref: str | DatasetRef, data_dir: Path) -> Dataset:
-    """The data set ``ref`` names, with its files under ``data_dir`` (``$WORKSPACE/metaL_data``)."""
+    has_truth = True  # every item of a base data set carries its global class
+
+
+def open_dataset(ref: str | DatasetRef, data_dir: Path) -> Dataset | TaskDataset:
+    """The data set ``ref`` names, with its files under ``data_dir`` (``$WORKSPACE/metaL_data``).
+
+    ``tasks`` opens the task collection at ``ref.tasks_path`` (loaded now, split into train / val / test tasks).
+    """
     ref = ref if isinstance(ref, DatasetRef) else DatasetRef(str(ref))
+    if ref.name == TASKS:
+        return open_task_dataset(ref.tasks_path, image_size=ref.image_size, truth=ref.tasks_truth,
+                                 skip_bad_tasks=ref.skip_bad_tasks,
+                                 settings=TaskSplitSettings(ref.tasks_holdout, ref.tasks_val, ref.seed))
     return Dataset(get_dataset_spec(ref), Path(data_dir), ref)
 
 

@@ -826,3 +826,20 @@ def load_tasks(path: str | Path, *, image_size: int | None = None, truth: str | 
     if path.suffix.lower() == ".csv":
         return load_manifest(path, **options)
     raise MelaError(f"tasks_path {path} is neither a folder of task folders nor a .csv manifest")
+
+
+def scorable_tasks(collection: TaskCollection) -> np.ndarray:
+    """(T,) True for tasks that give an episode: two classes or more, one of them with two images or more."""
+    has_two = np.zeros(collection.n_tasks, dtype=np.int64)
+    np.add.at(has_two, collection.class_task, collection.class_sizes >= 2)
+    return (has_two > 0) & (collection.ways >= 2)
+
+
+def check_scorable(collection: TaskCollection, what: str) -> int:
+    """Refuse a collection none of whose tasks can be split into support and query; returns how many can."""
+    n = int(scorable_tasks(collection).sum())
+    if n == 0:
+        raise MelaError(f"{what}: none of the {collection.n_tasks} tasks has a class with two images, so no task can "
+                        "be split into support and query; add images per class or use more tasks (tasks_val / "
+                        "tasks_holdout take a share of the tasks)")
+    return n

@@ -13,6 +13,7 @@ import torch
 from mela.data.augment import Augmenter, AugmentSettings, rotate90
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, TaskSource, check_can_sample
+from mela.data.tasks import TaskCollection, check_scorable, scorable_tasks, support_query
 from mela.device import place_images
 from mela.engine.trainer import (
     OptimSettings,
@@ -126,6 +127,89 @@ def episodic_epoch(
     return run
 
 
+def rotate_groups(x: torch.Tensor, groups: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rotate the images of each group (a local class) by one random multiple of 90 degrees; x: (N, C, H, W)."""
+    k = torch.randint(0, 4, (int(groups.max()) + 1,), generator=generator)[groups.cpu()].to(x.device)
+    out = x.clone()
+    for r in range(1, 4):
+        chosen = (k == r).nonzero(as_tuple=True)[0]
+        if len(chosen):
+            out[chosen] = rotate90(x[chosen], r)
+    return out
+
+
+def collection_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tasks: TaskCollection,
+    images: torch.Tensor,
+    augmenter: Augmenter,
+    loss_settings: RidgeLossSettings,
+    device: torch.device,
+    seed: int,
+    rotate_aug: bool = False,
+    tasks_per_step: int = 1,
+    progress: bool = False,
+) -> Callable[[int], dict[str, float]]:
+    """Build the function that trains one epoch over a collection's tasks, each used as it is.
+
+    Every epoch visits the tasks that give an episode (:func:`~mela.data.tasks.scorable_tasks`) in a new
+    seeded order; inside a task each class's images are split in half (at least one support image; a
+    single-image class is support only) by a generator seeded with (seed, epoch, task). Tasks differ in
+    ways and sizes, so the ``tasks_per_step`` tasks of a step share one forward pass and each gets its own
+    ridge loss; the step minimises their mean.
+    """
+    usable = np.flatnonzero(scorable_tasks(tasks))
+
+    def run(epoch: int) -> dict[str, float]:
+        order = usable[np.random.default_rng([seed, 0xE90C, epoch]).permutation(len(usable))]
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        device_generator = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed + epoch)
+        totals: dict[str, float] = {}
+        steps = range(0, len(order), tasks_per_step)
+        for start in progress_bar(steps, progress, f"epoch {epoch + 1}", len(steps), unit="step"):
+            episodes = [support_query(tasks, int(t), np.random.default_rng([seed, epoch, int(t)]))
+                        for t in order[start:start + tasks_per_step]]
+            episodes = [e for e in episodes if e is not None]
+            rows = np.concatenate([np.concatenate([e.support, e.query]) for e in episodes])
+            pixels = images[torch.from_numpy(rows).to(images.device)].to(device, non_blocking=True)
+            x = augmenter(pixels, device_generator)
+            if rotate_aug:
+                offsets = np.cumsum([0] + [e.n_ways for e in episodes[:-1]])
+                groups = np.concatenate([np.concatenate([e.support_labels, e.query_labels]) + o
+                                         for e, o in zip(episodes, offsets, strict=True)])
+                x = rotate_groups(x, torch.from_numpy(groups), generator)
+            features = model(x)
+            losses, values = [], {}
+            at = 0
+            for e in episodes:
+                n_s, n_q = len(e.support), len(e.query)
+                task_features = features[at:at + n_s + n_q]
+                at += n_s + n_q
+                try:
+                    parts = task_ridge_loss(
+                        task_features[:n_s][None], torch.from_numpy(e.support_labels).to(device)[None],
+                        task_features[n_s:][None], torch.from_numpy(e.query_labels).to(device)[None], e.n_ways,
+                        loss_settings.effective_lam(n_s), loss_settings.extra_reg, loss_settings.hinge_mask)
+                except RidgeSolveError as exc:
+                    raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {start // tasks_per_step + 1}"
+                                   ) from exc
+                losses.append(parts["loss"])
+                for key, value in parts.items():
+                    values[key] = values.get(key, 0.0) + float(value.detach())
+            loss = torch.stack(losses).mean()
+            if not math.isfinite(float(loss.detach())):
+                raise diverged(epoch, optimizer, f"the loss is {float(loss)} at step {start // tasks_per_step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + value
+        return {key: value / max(len(order), 1) for key, value in totals.items()}
+
+    return run
+
+
 @dataclass(frozen=True)
 class EpisodicSettings:
     """One episodic training run (learn_meta_repr, fine_tune); names follow the reference's config.
@@ -166,15 +250,20 @@ class EpisodicSettings:
 
 
 def check_episodic_data(settings: EpisodicSettings, data: object, step: str) -> None:
-    """Refuse, before any work, splits too small for the training or validation tasks (``data``: a ``Dataset``)."""
-    check_can_sample(data.split("train"), settings.shape, f"{step}'s training tasks on the train split of {data.name}")
+    """Refuse, before any work, splits too small for the training or validation tasks (``data``: a ``Dataset``
+    or a ``TaskDataset``, whose training tasks need one that can be split into support and query)."""
+    train = data.episode_data("train")
+    if isinstance(train, TaskCollection):
+        check_scorable(train, f"{step}'s training tasks")
+    else:
+        check_can_sample(train, settings.shape, f"{step}'s training tasks on the train split of {data.name}")
     check_validation_data(settings.validation, data, step)
 
 
 def train_episodic(
     model: FeatureModel,
-    train: ImageSplit,
-    val: ImageSplit,
+    train: ImageSplit | TaskCollection,
+    val: ImageSplit | TaskCollection,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     settings: EpisodicSettings,
@@ -183,18 +272,35 @@ def train_episodic(
     log: Callable[[str], None],
     metadata: dict,
 ) -> tuple[TrainOutcome, int]:
-    """Episodic ridge training with validation, best checkpoints and resume; returns the outcome and tasks/epoch."""
+    """Episodic ridge training with validation, best checkpoints and resume; returns the outcome and tasks/epoch.
+
+    ``train`` is a base data set's split (tasks sampled in ``settings.shape``) or a task collection (its tasks
+    used as they are; ``shape``, ``no_replacement``, ``fixed_db`` and ``train_db_size`` do not apply).
+    """
+    model.to(device)
+    trainer = Trainer(run_dir, model, model, settings.optim,
+                      make_validator(model, val, mean, std, settings.validation, device), log, metadata,
+                      settings.report)
+    augmenter = settings.augment.build(mean, std)
+    if isinstance(train, TaskCollection):
+        n_tasks = int(scorable_tasks(train).sum())
+        unused = train.n_tasks - n_tasks
+        log(f"{n_tasks} training tasks per epoch, as given" + (
+            f" ({unused} tasks have no class of two images, so no query: the labeler still uses them)"
+            if unused else "") + f", {train.n_classes} task classes, {train.n_items} images")
+        epoch_fn = collection_epoch(model, trainer.optimizer, train, place_images(train.images, device), augmenter,
+                                    settings.loss, device, settings.seed, settings.rotate_aug,
+                                    settings.tasks_per_step, settings.progress)
+        state = trainer.fit(epoch_fn)
+        chosen = trainer.select(settings.validation.select_key)
+        return TrainOutcome(chosen, dict(state.best), list(state.history)), n_tasks
     shape = settings.shape
     source = TaskSource(train, shape, settings.no_replacement, settings.fixed_db, settings.train_db_size,
                         settings.seed)
     how = "fixed pile, no replacement" if settings.no_replacement else "drawn"
     log(f"{len(source)} training tasks per epoch ({how}), {train.n_classes} classes, {train.n_items} images")
-    model.to(device)
-    trainer = Trainer(run_dir, model, model, settings.optim,
-                      make_validator(model, val, mean, std, settings.validation, device), log, metadata,
-                      settings.report)
     epoch_fn = episodic_epoch(model, trainer.optimizer, source, shape, place_images(train.images, device),
-                              train.item_images(), settings.augment.build(mean, std), settings.loss, device,
+                              train.item_images(), augmenter, settings.loss, device,
                               settings.seed, settings.rotate_aug, settings.tasks_per_step, settings.progress)
     state = trainer.fit(epoch_fn)
     chosen = trainer.select(settings.validation.select_key)

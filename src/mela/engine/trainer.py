@@ -20,9 +20,10 @@ from torch import nn
 
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, check_can_sample
+from mela.data.tasks import TaskCollection, check_scorable
 from mela.engine.checkpoint import load_checkpoint, model_payload, save_atomic
 from mela.errors import MelaError
-from mela.methods.evaluator import EvalProtocol, evaluate_model
+from mela.methods.evaluator import EvalProtocol, evaluate_collection, evaluate_model
 from mela.models.feature_model import FeatureModel
 from mela.reporting.progress import format_epoch_line, parse_auto_flag, time_left
 
@@ -97,18 +98,30 @@ class ValidationSettings:
 
 def check_validation_data(settings: ValidationSettings, data: object, step: str) -> None:
     """Refuse, before any work, a val split too small for the validation tasks (``data``: a ``Dataset``)."""
-    val = data.split("val")
+    val = data.episode_data("val")
+    if isinstance(val, TaskCollection):
+        check_scorable(val, f"{step}'s validation tasks")
+        return
     for shape in settings.shapes:
         check_can_sample(val, shape, f"{step}'s validation tasks on the val split of {data.name}")
 
 
 def make_validator(
-    model: FeatureModel, val: ImageSplit, mean: tuple[float, ...], std: tuple[float, ...],
+    model: FeatureModel, val: ImageSplit | TaskCollection, mean: tuple[float, ...], std: tuple[float, ...],
     settings: ValidationSettings, device: torch.device,
 ) -> Callable[[], dict[str, float]]:
-    """Validation: mean test-time accuracy on ``n_tasks`` val tasks of each shape, keyed ``<k>shot``."""
+    """Validation: mean test-time accuracy on ``n_tasks`` val tasks of each shape, keyed ``<k>shot``.
+
+    On a task collection the val tasks are used as given: inside each, every class gives ``k`` support images
+    (at most all but one) and the rest are queries (at most ``n_tasks`` tasks).
+    """
 
     def run() -> dict[str, float]:
+        if isinstance(val, TaskCollection):
+            shots = [shape.n_shots for shape in settings.shapes]
+            results = evaluate_collection(model, val, shots, settings.protocol, mean, std, device,
+                                          max_tasks=settings.n_tasks)
+            return {f"{k}shot": result.accuracy.acc for k, result in zip(shots, results, strict=True)}
         results = evaluate_model(model, val, list(settings.shapes), settings.n_tasks, settings.protocol, mean, std,
                                  device)
         return {f"{shape.n_shots}shot": result.overall.acc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from scipy import stats
 from mela.data.augment import normalize
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, evaluation_tasks, split_support_query
+from mela.data.tasks import TaskCollection, support_query
 from mela.methods.heads import FewShotHead, make_head
 
 
@@ -28,10 +30,11 @@ class EvalProtocol:
     use_bias: bool = True
     lam: float = 1e-3
     is_norm: bool = True
+    balanced: bool = False
 
     def head_factory(self) -> Callable[[], FewShotHead]:
         make_head(self.head)  # an unknown name fails here, before any feature is computed
-        return lambda: make_head(self.head, C=self.C, use_bias=self.use_bias, lam=self.lam)
+        return lambda: make_head(self.head, C=self.C, use_bias=self.use_bias, lam=self.lam, balanced=self.balanced)
 
 
 @dataclass(frozen=True)
@@ -136,3 +139,72 @@ def evaluate_model(
     item_features = image_features[split.item_images()]
     return [evaluate_features(item_features, split, shape, n_tasks, protocol.head_factory(), protocol.is_norm)
             for shape in shapes]
+
+
+@dataclass(frozen=True)
+class CollectionResult:
+    """Accuracy inside the tasks of a collection, and what could not be scored.
+
+    ``unscored_classes``: classes of a single image (support only: there is no query image to score);
+    ``unscored_tasks``: tasks with no class of two images, left out of the mean.
+    """
+
+    accuracy: Accuracy
+    unscored_classes: int
+    unscored_tasks: int
+
+
+def evaluate_collection_features(
+    image_features: torch.Tensor,
+    collection: TaskCollection,
+    head_factory: Callable[[], FewShotHead],
+    shots: int | None = None,
+    is_norm: bool = True,
+    seed: int = 0,
+    max_tasks: int | None = None,
+) -> CollectionResult:
+    """Fit the head inside each task on its own support images and score it on its own queries.
+
+    ``image_features`` is (N, d), one row per image of the collection. Each class's images are split into
+    support (``shots`` of them, at most all but one; ``None``: half) and query by a generator seeded with
+    (seed, task), so every model sees the same splits. Single-image classes stay in the support (the head
+    must still tell them apart) and are not scored.
+    """
+    features = image_features.double()
+    if is_norm:
+        features = torch.nn.functional.normalize(features, dim=-1)
+    n_tasks = collection.n_tasks if max_tasks is None else min(collection.n_tasks, max_tasks)
+    accs, unscored_classes, unscored_tasks = [], 0, 0
+    for task in range(n_tasks):
+        episode = support_query(collection, task, np.random.default_rng([seed, task]), shots)
+        if episode is None:
+            unscored_tasks += 1
+            continue
+        unscored_classes += episode.unscored_classes
+        head = head_factory().fit(features[torch.from_numpy(episode.support)][None],
+                                  torch.from_numpy(episode.support_labels)[None], episode.n_ways)
+        predicted = head.predict(features[torch.from_numpy(episode.query)][None])[0].cpu().numpy()
+        accs.append(float((predicted == episode.query_labels).mean()) * 100)
+    return CollectionResult(Accuracy(*mean_confidence_interval(np.array(accs)), len(accs)), unscored_classes,
+                            unscored_tasks)
+
+
+def evaluate_collection(
+    model: torch.nn.Module,
+    collection: TaskCollection,
+    shots: list[int | None],
+    protocol: EvalProtocol,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    seed: int = 0,
+    max_tasks: int | None = None,
+) -> list[CollectionResult]:
+    """Features of the images the (first ``max_tasks``) tasks use, once, then :func:`evaluate_collection_features`
+    per shot count."""
+    n_tasks = collection.n_tasks if max_tasks is None else min(max_tasks, collection.n_tasks)
+    collection = collection.subset(np.arange(n_tasks), compact=True)  # only the images these tasks use
+    image_features = extract_features(model, collection.images, mean, std, device)
+    head_factory = dataclasses.replace(protocol, balanced=True).head_factory()  # supports of unequal sizes
+    return [evaluate_collection_features(image_features, collection, head_factory, k, protocol.is_norm, seed)
+            for k in shots]

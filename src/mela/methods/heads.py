@@ -60,10 +60,12 @@ class LogisticRegressionHead:
     are solved in one tensor program instead of one scikit-learn fit per task.
     """
 
-    def __init__(self, C: float = 1.0, fit_intercept: bool = True, max_iter: int = 50, tol: float = 1e-10) -> None:
+    def __init__(self, C: float = 1.0, fit_intercept: bool = True, max_iter: int = 50, tol: float = 1e-10,
+                 balanced: bool = False) -> None:
         if C <= 0:
             raise MelaError(f"test_C must be positive, got {C}")
         self.C, self.fit_intercept, self.max_iter, self.tol = C, fit_intercept, max_iter, tol
+        self.balanced = balanced
 
     def fit(self, support: torch.Tensor, labels: torch.Tensor, n_ways: int) -> LogisticRegressionHead:
         x = support.double()
@@ -78,8 +80,9 @@ class LogisticRegressionHead:
         if self.fit_intercept:
             z = add_intercept(z)
         y = one_hot(labels, n_ways).double()
+        weights = balanced_weights(y) if self.balanced else None
         self.theta = _newton_multinomial(z, y, self.C, penalise_last=not self.fit_intercept, max_iter=self.max_iter,
-                                         tol=self.tol)
+                                         tol=self.tol, weights=weights)
         return self
 
     def decision_function(self, query: torch.Tensor) -> torch.Tensor:
@@ -95,19 +98,36 @@ class LogisticRegressionHead:
         return self.decision_function(query).argmax(-1)
 
 
-def _objective(z: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, C: float, penalty: torch.Tensor) -> torch.Tensor:
+def balanced_weights(y: torch.Tensor) -> torch.Tensor:
+    """(B, n) sample weights n / (c * count of the sample's class), scikit-learn's ``class_weight="balanced"``.
+
+    With unequal support sizes the intercept otherwise learns the support's class frequencies, which in a
+    real labelling job say nothing about the queries (measured on glyph task collections: 5-shot-capped
+    supports scored 45 % unweighted against 97 % for prototypes). Equal counts give weights of 1.
+    """
+    counts = y.sum(-2, keepdim=True)  # (B, 1, c)
+    present = (counts > 0).sum(-1, keepdim=True).clamp_min(1)  # classes with a support sample
+    per_class = torch.where(counts > 0, y.shape[-2] / (present * counts.clamp_min(1)), torch.zeros_like(counts))
+    return (y * per_class).sum(-1)
+
+
+def _objective(z: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, C: float, penalty: torch.Tensor,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     logits = z @ theta
-    ce = -(y * torch.log_softmax(logits, -1)).sum((-1, -2))
+    per_sample = -(y * torch.log_softmax(logits, -1)).sum(-1)
+    ce = (per_sample if weights is None else per_sample * weights).sum(-1)
     return C * ce + 0.5 * ((theta**2) * penalty).sum((-1, -2))
 
 
 def _newton_multinomial(
-    z: torch.Tensor, y: torch.Tensor, C: float, penalise_last: bool, max_iter: int, tol: float
+    z: torch.Tensor, y: torch.Tensor, C: float, penalise_last: bool, max_iter: int, tol: float,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batched damped Newton for multinomial L2 logistic regression.
 
     z: (B, n, p) inputs (last column is the intercept unless ``penalise_last``);
-    y: (B, n, c) one-hot. Returns theta (B, p, c).
+    y: (B, n, c) one-hot; weights: (B, n) per-sample weights of the cross-entropy, or None.
+    Returns theta (B, p, c).
     """
     batch, _, p = z.shape
     c = y.shape[-1]
@@ -118,15 +138,17 @@ def _newton_multinomial(
     # Softmax is invariant to shifting all classes' unpenalised bias: a tiny ridge
     # on that block keeps the Newton system non-singular without moving the optimum's predictions.
     diagonal = (penalty + 1e-10 + (1.0 - penalty) * 1e-8).repeat(1, c).reshape(-1)
-    value = _objective(z, y, theta, C, penalty)
+    value = _objective(z, y, theta, C, penalty, weights)
     for _ in range(max_iter):
         prob = torch.softmax(z @ theta, -1)  # (B, n, c)
-        grad = C * z.transpose(-1, -2) @ (prob - y) + theta * penalty  # (B, p, c)
-        # Hessian of the cross-entropy, sum_i (diag(p_i) - p_i p_iᵀ) ⊗ z_i z_iᵀ, laid out (p, c) x (p, c):
-        # minus Uᵀ U with u_i = z_i ⊗ p_i, plus the block-diagonal sum_i p_ik z_i z_iᵀ on each class k.
-        u = (z.unsqueeze(-1) * prob.unsqueeze(-2)).reshape(batch, -1, p * c)
+        residual = prob - y if weights is None else (prob - y) * weights.unsqueeze(-1)
+        grad = C * z.transpose(-1, -2) @ residual + theta * penalty  # (B, p, c)
+        # Hessian of the cross-entropy, sum_i w_i (diag(p_i) - p_i p_iᵀ) ⊗ z_i z_iᵀ, laid out (p, c) x (p, c):
+        # minus Uᵀ U with u_i = sqrt(w_i) z_i ⊗ p_i, plus the block-diagonal sum_i w_i p_ik z_i z_iᵀ per class k.
+        zw = z if weights is None else z * weights.sqrt().unsqueeze(-1)
+        u = (zw.unsqueeze(-1) * prob.unsqueeze(-2)).reshape(batch, -1, p * c)
         hess = -(u.transpose(-1, -2) @ u)
-        per_class = (z.unsqueeze(1) * prob.transpose(-1, -2).unsqueeze(-1)).transpose(-1, -2) @ z.unsqueeze(1)
+        per_class = (zw.unsqueeze(1) * prob.transpose(-1, -2).unsqueeze(-1)).transpose(-1, -2) @ zw.unsqueeze(1)
         hess.view(batch, p, c, p, c).diagonal(dim1=2, dim2=4).add_(per_class.permute(0, 2, 3, 1))
         hess.mul_(C).diagonal(dim1=-2, dim2=-1).add_(diagonal)
         step = torch.linalg.solve(hess, grad.reshape(batch, p * c, 1)).reshape(batch, p, c)
@@ -134,7 +156,7 @@ def _newton_multinomial(
         scale = torch.ones(batch, 1, 1, dtype=z.dtype, device=z.device)
         for _ in range(30):
             candidate = theta - scale * step
-            new_value = _objective(z, y, candidate, C, penalty)
+            new_value = _objective(z, y, candidate, C, penalty, weights)
             worse = new_value > value + 1e-12 * value.abs()
             if not bool(worse.any()):
                 break
@@ -146,10 +168,12 @@ def _newton_multinomial(
     return theta
 
 
-def make_head(name: str, C: float = 1.0, use_bias: bool = True, lam: float = 1e-3) -> FewShotHead:
-    """Build a head by name: ``logistic`` (default), ``ridge`` or ``prototype``."""
+def make_head(name: str, C: float = 1.0, use_bias: bool = True, lam: float = 1e-3,
+              balanced: bool = False) -> FewShotHead:
+    """Build a head by name: ``logistic`` (default), ``ridge`` or ``prototype``; ``balanced`` weighs the
+    logistic head's classes equally whatever their support sizes (prototypes already do)."""
     if name == "logistic":
-        return LogisticRegressionHead(C=C, fit_intercept=use_bias)
+        return LogisticRegressionHead(C=C, fit_intercept=use_bias, balanced=balanced)
     if name == "ridge":
         return RidgeHead(lam=lam)
     if name == "prototype":

@@ -174,18 +174,21 @@ def contingency_heatmap(assigned: np.ndarray, true_classes: np.ndarray, path: Pa
 
 
 def pipeline_accuracy(rows: Sequence[Mapping[str, object]], path: Path, title: str = "") -> Path:
-    """Test accuracy with its 95 % CI per model and shot count (``results.json`` rows: model, shots, acc, ci)."""
-    shots = sorted({int(r["shots"]) for r in rows})  # type: ignore[arg-type]
+    """Test accuracy with its 95 % CI per model and column (``results.json`` rows: model, shots, acc, ci; see
+    :mod:`mela.reporting.columns`)."""
+    from mela.reporting.columns import columns_of, row_column
+
+    shots = columns_of(rows)
     models = list(dict.fromkeys(str(r["model"]) for r in rows))
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(shots) * max(len(models), 1) / 2), 3.6))
     width = 0.8 / max(len(models), 1)
     for i, model in enumerate(models):
-        cells = {int(r["shots"]): r for r in rows if str(r["model"]) == model}  # type: ignore[arg-type]
+        cells = {row_column(r): r for r in rows if str(r["model"]) == model}
         xs = [j + (i - (len(models) - 1) / 2) * width for j, k in enumerate(shots) if k in cells]
         accs = [float(cells[k]["acc"]) for k in shots if k in cells]  # type: ignore[arg-type]
         cis = [float(cells[k]["ci"]) for k in shots if k in cells]  # type: ignore[arg-type]
         ax.bar(xs, accs, width, yerr=cis, capsize=3, label=model)
-    ax.set_xticks(range(len(shots)), [f"{k}-shot" for k in shots])
+    ax.set_xticks(range(len(shots)), shots)
     ax.set_ylabel("test accuracy (%), 95% CI")
     accs_all = [float(r["acc"]) for r in rows]  # type: ignore[arg-type]
     if accs_all:

@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mela.errors import MelaError
+from mela.reporting.columns import columns_of, row_column
 
 SAVES = Path("checkpoint") / "label_learn" / "saves"
 PIPELINE = "pipeline"
@@ -239,9 +240,12 @@ def accuracy_cell(acc: float, ci: float) -> str:
 def labeler_cell(summary: dict | None) -> str:
     if not summary:
         return ""
+    tasks = f"{summary.get('tasks_kept', '?')}/{summary.get('tasks_total', '?')} tasks"
+    if summary.get("true_classes") is None:  # a task collection without truth.csv
+        return f"{summary.get('clusters', '?')} global classes (no true labels), {tasks}"
+    ari = f", ARI {float(summary['ari']):.3f}" if summary.get("ari") is not None else ""
     return (f"{summary.get('clusters', '?')} clusters / {summary.get('true_classes', '?')} classes, "
-            f"acc {float(summary.get('clustering_accuracy', 0.0)):.3f}, "
-            f"{summary.get('tasks_kept', '?')}/{summary.get('tasks_total', '?')} tasks")
+            f"acc {float(summary.get('clustering_accuracy', 0.0)):.3f}{ari}, {tasks}")
 
 
 def seconds_cell(seconds: float | None) -> str:
@@ -270,8 +274,8 @@ def _step_rank(step: str) -> tuple[int, str]:
     return (STEP_ORDER.index(step) if step in STEP_ORDER else len(STEP_ORDER), step)
 
 
-def _shots_of(rows: Iterable[dict]) -> list[int]:
-    return sorted({int(r["shots"]) for r in rows})
+def _shots_of(rows: Iterable[dict]) -> list[str]:
+    return columns_of(rows)
 
 
 # ---------------------------------------------------------------- document model and rendering
@@ -363,11 +367,11 @@ def pipeline_sections(pipelines: Sequence[Pipeline], plots_dir: Path | None) -> 
     from mela.reporting import plots
 
     shots = _shots_of(r for p in pipelines for r in p.results.get("rows", []))
-    accuracy = Table(["pipeline", "data set", "backbone", "model", *[f"{k}-shot acc (95% CI)" for k in shots]], [])
+    accuracy = Table(["pipeline", "data set", "backbone", "model", *[f"{k} acc (95% CI)" for k in shots]], [])
     for p in pipelines:
         rows = p.results.get("rows", [])
         for model in dict.fromkeys(str(r["model"]) for r in rows):
-            cells = {int(r["shots"]): accuracy_cell(float(r["acc"]), float(r["ci"])) for r in rows
+            cells = {row_column(r): accuracy_cell(float(r["acc"]), float(r["ci"])) for r in rows
                      if str(r["model"]) == model}
             accuracy.rows.append([p.name, str(p.results.get("dataset", "")), str(p.results.get("model", "")), model,
                                   *[cells.get(k, "") for k in shots]])
@@ -388,7 +392,7 @@ def pipeline_sections(pipelines: Sequence[Pipeline], plots_dir: Path | None) -> 
         path = existing if existing.is_file() else plots.pipeline_accuracy(
             p.results.get("rows", []), plots_dir / f"pipeline_{_slug(p.name)}_{ACCURACY_PNG}",
             title=f"{p.name}: {p.results.get('dataset', '')} / {p.results.get('model', '')}")
-        section.items.append(Image(path, f"{p.name}: test accuracy with 95% CI per model and shot count"))
+        section.items.append(Image(path, f"{p.name}: test accuracy with 95% CI per model and column"))
     return [section]
 
 
@@ -404,7 +408,7 @@ def run_sections(runs: Sequence[Run], plots_dir: Path | None) -> list[Section]:
     for step in dict.fromkeys(run.step for run in runs):
         group = {str(r.path): r.config for r in runs if r.step == step}
         differ.update(differing_settings(group, {str(r.path): r.name for r in runs if r.step == step}))
-    table = Table(["step", "run", "data set", "model", "status", "best val", *[f"{k}-shot test (95% CI)"
+    table = Table(["step", "run", "data set", "model", "status", "best val", *[f"{k} test (95% CI)"
                                                                               for k in shots],
                    "labeler", "wall time", "settings that differ"], [])
     section = Section("Runs", [table])
@@ -416,7 +420,7 @@ def run_sections(runs: Sequence[Run], plots_dir: Path | None) -> list[Section]:
         else:
             status = f"unfinished ({done_epochs}/{epochs} epochs)" if epochs else "unfinished"
         best = (run.done or {}).get("best_val") or {}
-        cells = {int(r["shots"]): accuracy_cell(float(r["acc"]), float(r["ci"]))
+        cells = {row_column(r): accuracy_cell(float(r["acc"]), float(r["ci"]))
                  for r in (run.results or {}).get("rows", [])}
         labeler = (run.done or {}).get("labeler") or run.labeler
         table.rows.append([run.step, run.name, str(run.config.get("dataset", "")), run.model, status,

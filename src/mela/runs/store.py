@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mela.data.registry import Dataset
+from mela.data.task_dataset import TaskDataset
 from mela.device import pick_device
 from mela.errors import MelaError
 from mela.jsonio import json_safe, read_json, write_json_atomic
@@ -248,7 +249,7 @@ def check_reuse(run_dir: Path, config: Mapping) -> None:
                         "own settings to resume it, or pick a new run_name")
 
 
-def start_run(settings: RunSettings, step: str, dataset: Dataset | str, model_name: str, config: Mapping,
+def start_run(settings: RunSettings, step: str, dataset: Dataset | TaskDataset | str, model_name: str, config: Mapping,
               resumable: bool = True) -> Run:
     """Lock the run folder (creating it, or reopening it to resume), check and save the config, open the log.
 
@@ -257,7 +258,7 @@ def start_run(settings: RunSettings, step: str, dataset: Dataset | str, model_na
     store = RunStore(settings.workspace)
     init_workspace(store.root)
     device = pick_device(settings.device)
-    name, identity = (dataset.name, dataset.identity) if isinstance(dataset, Dataset) else (dataset, dataset)
+    name, identity = (dataset, dataset) if isinstance(dataset, str) else (dataset.name, dataset.identity)
     run_name = settings.run_name or default_run_name(name, model_name, settings.trial)
     run_dir = store.run_dir(step, str(run_name))
     created = not run_dir.exists()
@@ -277,4 +278,10 @@ def start_run(settings: RunSettings, step: str, dataset: Dataset | str, model_na
     run = Run(step, name, identity, model_name, run_dir, device, logger, lock, created)
     hint = f" (if interrupted, rerun with run_name={run_name} to resume)" if resumable else ""
     run.log(f"run folder {run_dir} on {device}{hint}")
+    if isinstance(dataset, TaskDataset):
+        run.log(dataset.describe())
+        for note in dataset.collection.notes:
+            run.log(note)
+        for skipped in dataset.collection.skipped:
+            run.log(f"skipped task '{skipped.task}' ({skipped.reason}): {skipped.message}")
     return run

@@ -46,7 +46,7 @@ def run(settings: FineTuneSettings, dataset: Dataset | None = None) -> dict:
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
     source = store.find_model(settings.pretrained_model, ("learn_labeler",), data.identity, settings.model)
     check_data(settings, data)
-    train, val = data.split("train"), data.split("val")
+    train, val = data.episode_data("train"), data.episode_data("val")
     check_architecture(peek_model(source), settings.model, source)
     with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
         base, _ = load_feature_model(source, run.device)  # after the seed: the MLP's initialisation follows it

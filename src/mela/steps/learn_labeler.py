@@ -11,17 +11,28 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mela.config import readers
+from mela.data.base import ImageSplit
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.samplers import TaskShape, check_can_sample, labeling_pile
+from mela.data.task_dataset import TaskDataset
+from mela.data.tasks import TaskCollection
 from mela.engine.checkpoint import initial_model, load_feature_model, peek_model
 from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import ReportSettings, check_validation_data
 from mela.errors import MelaError
 from mela.methods.centroids_io import load_centroids_file
+from mela.methods.collection_labels import (
+    collection_image_features,
+    key_distances,
+    ragged_features,
+    write_global_labels,
+)
+from mela.methods.collection_labels import labelled_items as collection_labelled_items
 from mela.methods.global_labels import GlobalLabels, infer_global_labels, pile_features
 from mela.methods.labeler import LabelerConfig
+from mela.models.feature_model import FeatureModel
 from mela.models.registry import check_model_name
-from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
+from mela.runs.store import MODEL_FILE, STEPS, Run, RunSettings, RunStore, start_run
 from mela.workspace import data_dir
 
 STEP = "learn_labeler"
@@ -84,14 +95,20 @@ def show_labeler(run_dir: Path, labels: GlobalLabels, true_classes: np.ndarray |
         labeler_plots(run_dir, labels.passes, labels.assigned, true_classes)
 
 
-def check_data(settings: LearnLabelerSettings, data: Dataset) -> None:
+def check_data(settings: LearnLabelerSettings, data: Dataset | TaskDataset) -> None:
     """Refuse, before any work, a train split the labelling pile cannot be drawn from, or a small val split."""
-    check_can_sample(data.split("train"), settings.pile, f"{STEP}'s labelling tasks on the train split of {data.name}")
+    if not isinstance(data, TaskDataset):
+        check_can_sample(data.split("train"), settings.pile,
+                         f"{STEP}'s labelling tasks on the train split of {data.name}")
     check_validation_data(settings.training.validation, data, STEP)
 
 
-def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
-    """Label the pile with the frozen step-1 model, report, then train ``train_model`` on the inferred labels."""
+def run(settings: LearnLabelerSettings, dataset: Dataset | TaskDataset | None = None) -> dict:
+    """Label the pile with the frozen step-1 model, report, then train ``train_model`` on the inferred labels.
+
+    On a task collection the pile is its training tasks as given, and the labels are also written per task
+    class (``global_labels.csv``) and per global class (``global_classes.json``).
+    """
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
     labeler_path = store.find_model(settings.pretrained_labeler, ("learn_meta_repr",), data.identity,
@@ -99,46 +116,90 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
     if labeler_path is None:
         raise MelaError("learn_labeler needs the learn_meta_repr model: set pretrained_labeler=latest, a run or a file")
     start = store.find_model(settings.pretrained_model, STEPS, None, settings.train_model)
-    train, val = data.split("train"), data.split("val")
     check_data(settings, data)
     peeked = peek_model(labeler_path)
     if peeked.spec.backbone != settings.label_recovery_model:
         raise MelaError(f"label_recovery_model={settings.label_recovery_model} but {labeler_path} holds a "
                         f"{peeked.spec.backbone}; set label_recovery_model={peeked.spec.backbone}")
-    centroids = load_centroids(settings.pretrained_centroids, store, peeked.feat_dim, settings.pile.n_ways)
-    tasks = labeling_pile(train, settings.pile, settings.no_replacement, settings.train_db_size, settings.run.seed)
+    on_tasks = isinstance(data, TaskDataset)
+    min_ways = int(data.tasks("train").ways.max()) if on_tasks else settings.pile.n_ways
+    centroids = load_centroids(settings.pretrained_centroids, store, peeked.feat_dim, min_ways)
+    pile = None if on_tasks else labeling_pile(data.split("train"), settings.pile, settings.no_replacement,
+                                               settings.train_db_size, settings.run.seed)
     with start_run(settings.run, STEP, data, settings.train_model, settings.config) as run:
         labeler_model, _ = load_feature_model(labeler_path, run.device)  # after the seed, as every run does
-        run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
-        features = pile_features(labeler_model, train, tasks, data.mean, data.std, run.device)
-        labels = infer_global_labels(features, settings.labeler, centroids)
-        for i, p in enumerate(labels.passes):
-            run.log(f"pass {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                 for k, v in p.items()))
-        tmp = run.run_dir / f".{CENTROIDS_FILE}.tmp.npz"
-        np.savez(tmp, centroids=labels.centroids)
-        os.replace(tmp, run.run_dir / CENTROIDS_FILE)
-        report = labels.report(train.labels[tasks[:, :, 0]])
-        report.update(mode=settings.labeler.mode, K_initial=settings.labeler.K)
-        run.write_json("labeler_report.json", report)
-        show_labeler(run.run_dir, labels, train.labels[tasks[:, :, 0]], settings.training.report, run.log)
-        ratio = labels.diagnostics.get("distance_ratio")
-        run.log(f"label-free: same/different-class key distance {'n/a' if ratio is None else f'{ratio:.2f}'}, "
-                f"{100 * labels.diagnostics.get('cannot_link_violation_rate', 0.0):.1f}% of tasks collide on a "
-                "centroid")
-        if labels.warning:
-            run.log(f"WARNING: {labels.warning}")
+        if on_tasks:
+            images, item_images, inferred, report = _label_collection(run, settings, data, labeler_model, labeler_path,
+                                                                      centroids)
+        else:
+            images, item_images, inferred, report = _label_pile(run, settings, data, pile, labeler_model,
+                                                                labeler_path, centroids)
+        model = initial_model(start, settings.train_model, images.image_shape[-1], settings.feat_dim, run.device,
+                              run.log)
+        outcome, n_classes = train_supervised(model, images, item_images, [inferred], data.episode_data("val"),
+                                              data.mean, data.std, settings.training, run.device, run.run_dir,
+                                              run.log, {"step": STEP, "dataset": settings.dataset.name})
+        run.publish_model(outcome.chosen)
+        summary = {k: report.get(k) for k in ("clusters", "true_classes", "clustering_accuracy", "ari", "nmi",
+                                              "purity", "tasks_kept", "tasks_total", "warning")}
+        return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
+                           "best_val": outcome.best_val, "n_classes": n_classes, "labeler": summary})
+
+
+def _label_pile(run: Run, settings: LearnLabelerSettings, data: Dataset, tasks: np.ndarray, model: FeatureModel,
+                labeler_path: Path, centroids: np.ndarray | None) -> tuple[ImageSplit, np.ndarray, np.ndarray, dict]:
+    """Cluster a sampled pile of a base data set; returns its images, the labelled items' rows and labels, and
+    the report."""
+    train = data.split("train")
+    run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
+    features = pile_features(model, train, tasks, data.mean, data.std, run.device)
+    labels = infer_global_labels(features, settings.labeler, centroids)
+    report = _publish_labels(run, settings, labels, train.labels[tasks[:, :, 0]])
+    items, inferred = labels.labelled_items(tasks)
+    return train, train.item_images()[items], inferred, report
+
+
+def _label_collection(run: Run, settings: LearnLabelerSettings, data: TaskDataset, model: FeatureModel,
+                      labeler_path: Path, centroids: np.ndarray | None
+                      ) -> tuple[TaskCollection, np.ndarray, np.ndarray, dict]:
+    """Cluster the training tasks of a collection as given, and write the labels per task class and class."""
+    train = data.tasks("train")
+    run.log(f"labelling {train.n_tasks} tasks ({train.n_classes} task classes) with {labeler_path}")
+    image_features = collection_image_features(model, train, data.mean, data.std, run.device)
+    labels = infer_global_labels(ragged_features(train, image_features), settings.labeler, centroids)
+    report = _publish_labels(run, settings, labels, train.class_truth)
+    distances = key_distances(train, image_features, labels.centroids, labels.assigned)
+    csv_path, json_path = write_global_labels(run.run_dir, train, labels.assigned, distances)
+    run.log(f"wrote {csv_path.name} (global class of each task class) and {json_path.name} (members of each "
+            "global class)")
+    item_images, inferred = collection_labelled_items(train, labels.assigned)
+    return train, item_images, inferred, report
+
+
+def _publish_labels(run: Run, settings: LearnLabelerSettings, labels: GlobalLabels,
+                    true_classes: np.ndarray | None) -> dict:
+    """Log the passes and diagnostics, save the centroids, write ``labeler_report.json`` and the plots."""
+    for i, p in enumerate(labels.passes):
+        run.log(f"pass {i + 1}: " + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in p.items()))
+    tmp = run.run_dir / f".{CENTROIDS_FILE}.tmp.npz"
+    np.savez(tmp, centroids=labels.centroids)
+    os.replace(tmp, run.run_dir / CENTROIDS_FILE)
+    report = labels.report(true_classes)
+    report.update(mode=settings.labeler.mode, K_initial=settings.labeler.K)
+    run.write_json("labeler_report.json", report)
+    show_labeler(run.run_dir, labels, true_classes, settings.training.report, run.log)
+    ratio = labels.diagnostics.get("distance_ratio")
+    run.log(f"label-free: same/different-class key distance {'n/a' if ratio is None else f'{ratio:.2f}'}, "
+            f"{100 * labels.diagnostics.get('cannot_link_violation_rate', 0.0):.1f}% of tasks collide on a "
+            "centroid")
+    if labels.warning:
+        run.log(f"WARNING: {labels.warning}")
+    if true_classes is None:
+        run.log(f"{report['clusters']} global classes found, {report['tasks_kept']}/{report['tasks_total']} tasks "
+                "kept (no true labels to score them against: give truth.csv to get ARI / NMI / purity)")
+    else:
         run.log(f"{report['clusters']} clusters for {report['true_classes']} true classes, clustering accuracy "
                 f"{report['clustering_accuracy']:.3f}, ARI {report['ari']:.3f}, NMI {report['nmi']:.3f}, "
                 f"{report['tasks_kept']}/{report['tasks_total']} tasks kept")
-        items, inferred = labels.labelled_items(tasks)
-        model = initial_model(start, settings.train_model, train.image_shape[-1], settings.feat_dim, run.device,
-                              run.log)
-        outcome, n_classes = train_supervised(model, train, train.item_images()[items], [inferred], val, data.mean,
-                                              data.std, settings.training, run.device, run.run_dir, run.log,
-                                              {"step": STEP, "dataset": settings.dataset.name})
-        run.publish_model(outcome.chosen)
-        summary = {k: report[k] for k in ("clusters", "true_classes", "clustering_accuracy", "ari", "nmi",
-                                          "tasks_kept", "tasks_total", "warning")}
-        return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
-                           "best_val": outcome.best_val, "n_classes": n_classes, "labeler": summary})
+    return report

@@ -47,7 +47,7 @@ def run(settings: LearnMetaReprSettings, dataset: Dataset | None = None) -> dict
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
     start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
     check_data(settings, data)
-    train, val = data.split("train"), data.split("val")
+    train, val = data.episode_data("train"), data.episode_data("val")
     with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
         model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
         outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,

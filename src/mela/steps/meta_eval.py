@@ -11,15 +11,18 @@ from omegaconf import DictConfig
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.samplers import TaskShape, check_can_sample
+from mela.data.task_dataset import TaskDataset
+from mela.data.tasks import check_scorable
 from mela.device import pick_device
 from mela.engine.checkpoint import check_architecture, load_feature_model
 from mela.errors import MelaError
-from mela.methods.evaluator import EvalProtocol, evaluate_model
-from mela.models.feature_model import check_feat_dim
-from mela.runs.store import RunSettings, RunStore, start_run
+from mela.methods.evaluator import EvalProtocol, evaluate_collection, evaluate_model
+from mela.models.feature_model import FeatureModel, check_feat_dim
+from mela.runs.store import Run, RunSettings, RunStore, start_run
 from mela.workspace import data_dir
 
 STEP = "meta_eval"
+HELD_OUT_COLUMN = "held-out tasks"
 PRODUCERS = ("fine_tune", "learn_labeler", "sup_baseline", "learn_meta_repr")
 
 
@@ -39,6 +42,7 @@ class MetaEvalSettings:
     n_tasks: int
     protocol: EvalProtocol
     config: Mapping
+    eval_dataset: DatasetRef | None = None
 
     def for_model(self, run_name: str, model_ref: str, model: str) -> MetaEvalSettings:
         """The same evaluation of another model in another run (how the pipeline evaluates each model)."""
@@ -54,44 +58,117 @@ def read_settings(cfg: DictConfig) -> MetaEvalSettings:
         raise MelaError(f"test_db_size (evaluation tasks per shot count) must be at least 1, got {cfg.test_db_size}")
     producers = (str(cfg.from_step),) if cfg.get("from_step") else PRODUCERS
     shapes = tuple(TaskShape(int(cfg.n_ways), int(k), int(cfg.n_queries)) for k in cfg.shots)
-    return MetaEvalSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
+    dataset = readers.read_dataset(cfg)
+    eval_dataset = None
+    if cfg.get("eval_dataset"):
+        name = str(cfg.eval_dataset)
+        if name == "tasks":
+            raise MelaError("eval_dataset names a data set of labelled images (e.g. glyphs); the held-out tasks of a "
+                            "collection are evaluated anyway")
+        eval_dataset = dataclasses.replace(dataset, name=name, tasks_path=None)
+    return MetaEvalSettings(readers.read_run(cfg), dataset, str(cfg.model),
                             readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model), producers,
                             str(cfg.split), shapes, int(cfg.test_db_size), readers.read_protocol(cfg, str(cfg.head)),
-                            readers.record(cfg))
+                            readers.record(cfg), eval_dataset)
 
 
-def check_data(settings: MetaEvalSettings, data: Dataset) -> None:
-    """Refuse, before any work, a split too small for the evaluation tasks."""
+def check_data(settings: MetaEvalSettings, data: Dataset | TaskDataset, other: Dataset | None = None) -> None:
+    """Refuse, before any work, a split too small for the evaluation tasks (of ``data``, and of ``other``, the
+    ``eval_dataset``), or a collection with nothing to evaluate."""
+    if isinstance(data, TaskDataset):
+        if len(data.indices["test"]):
+            check_scorable(data.tasks("test"), "meta_eval's held-out tasks")
+        elif other is None:
+            raise MelaError("tasks_holdout=0 holds no task out and no eval_dataset is given: nothing to evaluate; "
+                            "set tasks_holdout (e.g. 0.1) or eval_dataset=NAME")
+    else:
+        _check_shapes(settings, data)
+    if other is not None:
+        _check_shapes(settings, other)
+        if tuple(other.split(settings.split).image_shape) != tuple(data.split("train").image_shape):
+            raise MelaError(f"eval_dataset={other.name} has images of shape {other.split(settings.split).image_shape}, "
+                            f"the training data {data.split('train').image_shape}; make them match (image_size=..., "
+                            "or a collection made from that data set)")
+
+
+def _check_shapes(settings: MetaEvalSettings, data: Dataset) -> None:
     split = data.split(settings.split)
     for shape in settings.shapes:
         check_can_sample(split, shape, f"meta_eval's {shape.n_shots}-shot tasks on the {settings.split} split of "
                                        f"{data.name}")
 
 
-def run(settings: MetaEvalSettings, dataset: Dataset | None = None) -> dict:
-    """Evaluate ``pretrained_model`` on ``split`` and write ``results.json`` in the run folder."""
+def open_eval_dataset(settings: MetaEvalSettings, store: RunStore) -> Dataset | None:
+    """The ``eval_dataset`` to evaluate on besides the main data, or None."""
+    if settings.eval_dataset is None:
+        return None
+    return open_dataset(settings.eval_dataset, data_dir(store.root))
+
+
+def run(settings: MetaEvalSettings, dataset: Dataset | TaskDataset | None = None,
+        eval_dataset: Dataset | None = None) -> dict:
+    """Evaluate ``pretrained_model`` on ``split`` and write ``results.json`` in the run folder.
+
+    On a task collection, ``split`` is its held-out tasks, each evaluated inside itself; ``eval_dataset``
+    (opened here unless given) adds the usual n-way k-shot rows on that data set's ``split``.
+    """
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
+    other = eval_dataset or open_eval_dataset(settings, store)
     path = store.find_model(settings.pretrained_model, settings.producers, data.identity, settings.model)
     if path is None:
         raise MelaError("meta_eval needs a model: set pretrained_model=latest, a run name, a run folder or a file")
-    check_data(settings, data)
+    check_data(settings, data, other)
     model, _ = load_feature_model(path, pick_device(settings.run.device))
     check_architecture(model, settings.model, path)
     check_feat_dim(settings.feat_dim, model)
-    split = data.split(settings.split)
     with start_run(settings.run, STEP, data, settings.model, settings.config, resumable=False) as run:
-        results = evaluate_model(model.to(run.device), split, list(settings.shapes), settings.n_tasks,
-                                 settings.protocol, data.mean, data.std, run.device)
+        model = model.to(run.device)
         rows = []
-        for shape, result in zip(settings.shapes, results, strict=True):
-            rows.append({"shots": shape.n_shots, "acc": result.overall.acc, "ci": result.overall.ci,
-                         "tasks": result.overall.n_tasks,
-                         "per_group": {g: {"acc": a.acc, "ci": a.ci} for g, a in result.per_group.items()}})
-            groups = "" if len(result.per_group) < 2 else " | " + ", ".join(
-                f"{g} {a.acc:.2f} ± {a.ci:.2f}" for g, a in result.per_group.items())
-            run.log(f"{shape.n_ways}-way {shape.n_shots}-shot on {settings.dataset.name}/{settings.split}: "
-                    f"{result.overall.acc:.2f} ± {result.overall.ci:.2f} (95% CI, {result.overall.n_tasks} tasks)"
-                    f"{groups}")
+        if isinstance(data, TaskDataset):
+            if len(data.indices["test"]):
+                rows.append(_held_out_row(run, settings, data, model))
+        else:
+            rows += _shot_rows(run, settings, data, data, model)
+        if other is not None:
+            rows += _shot_rows(run, settings, other, data, model, column_prefix=f"{other.name} ")
         run.write_json("results.json", {"model": str(path), "rows": rows})
         return run.finish({"model": str(path), "rows": rows})
+
+
+def _shot_rows(run: Run, settings: MetaEvalSettings, data: Dataset, normalised_as: Dataset | TaskDataset,
+               model: FeatureModel, column_prefix: str = "") -> list[dict]:
+    """One row per shot count on ``data``'s split (pixels normalised as the model was trained: ``normalised_as``)."""
+    results = evaluate_model(model, data.split(settings.split), list(settings.shapes), settings.n_tasks,
+                             settings.protocol, normalised_as.mean, normalised_as.std, run.device)
+    rows = []
+    for shape, result in zip(settings.shapes, results, strict=True):
+        row = {"shots": shape.n_shots, "acc": result.overall.acc, "ci": result.overall.ci,
+               "tasks": result.overall.n_tasks,
+               "per_group": {g: {"acc": a.acc, "ci": a.ci} for g, a in result.per_group.items()}}
+        if column_prefix:
+            row.update(column=f"{column_prefix}{shape.n_shots}-shot", on=data.name)
+        rows.append(row)
+        groups = "" if len(result.per_group) < 2 else " | " + ", ".join(
+            f"{g} {a.acc:.2f} ± {a.ci:.2f}" for g, a in result.per_group.items())
+        run.log(f"{shape.n_ways}-way {shape.n_shots}-shot on {data.name}/{settings.split}: "
+                f"{result.overall.acc:.2f} ± {result.overall.ci:.2f} (95% CI, {result.overall.n_tasks} tasks)"
+                f"{groups}")
+    return rows
+
+
+def _held_out_row(run: Run, settings: MetaEvalSettings, data: TaskDataset, model: FeatureModel) -> dict:
+    """Accuracy inside each held-out task: half of each class's images as support, the rest as queries."""
+    held_out = data.tasks("test")
+    result = evaluate_collection(model, held_out, [None], settings.protocol, data.mean, data.std, run.device,
+                                 seed=settings.run.seed)[0]
+    acc = result.accuracy
+    left_out = []
+    if result.unscored_classes:
+        left_out.append(f"{result.unscored_classes} single-image classes not scored (support only)")
+    if result.unscored_tasks:
+        left_out.append(f"{result.unscored_tasks} tasks without a class of two images left out")
+    run.log(f"held-out tasks ({held_out.n_tasks} of the collection, each evaluated inside itself): {acc.acc:.2f} ± "
+            f"{acc.ci:.2f} (95% CI, {acc.n_tasks} tasks)" + (f"; {', '.join(left_out)}" if left_out else ""))
+    return {"shots": None, "column": HELD_OUT_COLUMN, "acc": acc.acc, "ci": acc.ci, "tasks": acc.n_tasks,
+            "unscored_classes": result.unscored_classes, "unscored_tasks": result.unscored_tasks}

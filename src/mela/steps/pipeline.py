@@ -18,9 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mela.config import compose_pipeline_step, readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
+from mela.data.task_dataset import TaskDataset
 from mela.errors import MelaError
 from mela.jsonio import write_json_atomic
 from mela.models.registry import check_model_name
+from mela.reporting.columns import columns_of, row_column
 from mela.runlock import RunLock
 from mela.runs.store import RunSettings, RunStore, check_reuse
 from mela.steps import fine_tune, learn_labeler, learn_meta_repr, meta_eval, sup_baseline
@@ -66,21 +68,26 @@ def read_settings(cfg: DictConfig) -> PipelineSettings:
 
 
 def results_table(rows: list[dict]) -> str:
-    """A plain-text table: one line per model, one column per shot count."""
-    shots = sorted({r["shots"] for r in rows})
+    """A plain-text table: one line per model, one column per shot count (and held-out tasks, eval_dataset)."""
+    columns = columns_of(rows)
     models = list(dict.fromkeys(r["model"] for r in rows))
-    header = f"{'model':<15}" + "".join(f"{f'{k}-shot acc (95% CI)':>24}" for k in shots)
+    width = max([24] + [len(c) + 16 for c in columns])
+    header = f"{'model':<15}" + "".join(f"{f'{c} acc (95% CI)':>{width}}" for c in columns)
     lines = [header, "-" * len(header)]
     for m in models:
-        cells = {r["shots"]: f"{r['acc']:.2f} ± {r['ci']:.2f}" for r in rows if r["model"] == m}
-        lines.append(f"{m:<15}" + "".join(f"{cells.get(k, '-'):>24}" for k in shots))
+        cells = {row_column(r): f"{r['acc']:.2f} ± {r['ci']:.2f}" for r in rows if r["model"] == m}
+        lines.append(f"{m:<15}" + "".join(f"{cells.get(c, '-'):>{width}}" for c in columns))
     return "\n".join(lines)
 
 
 def labeler_line(labeler: Mapping) -> str:
-    ari = f", ARI {labeler['ari']:.3f}" if labeler.get("ari") is not None else ""
-    line = (f"labeler: {labeler['clusters']} clusters for {labeler['true_classes']} true classes, clustering accuracy "
-            f"{labeler['clustering_accuracy']:.3f}{ari}, {labeler['tasks_kept']}/{labeler['tasks_total']} tasks kept")
+    kept = f"{labeler['tasks_kept']}/{labeler['tasks_total']} tasks kept"
+    if labeler.get("true_classes") is None:
+        line = f"labeler: {labeler['clusters']} global classes found (no true labels to score them), {kept}"
+    else:
+        ari = f", ARI {labeler['ari']:.3f}" if labeler.get("ari") is not None else ""
+        line = (f"labeler: {labeler['clusters']} clusters for {labeler['true_classes']} true classes, clustering "
+                f"accuracy {labeler['clustering_accuracy']:.3f}{ari}, {kept}")
     return line + (f"\nWARNING: {labeler['warning']}" if labeler.get("warning") else "")
 
 
@@ -91,26 +98,38 @@ def run(settings: PipelineSettings, dataset: Dataset | None = None) -> dict:
     run_name = str(settings.run.run_name)
     pipeline_dir = store.saves / "pipeline" / run_name
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    check_data(settings, data)
+    other = meta_eval.open_eval_dataset(settings.evaluation, store)
+    check_data(settings, data, other)
     init_workspace(store.root)
     with RunLock(pipeline_dir):
         check_reuse(pipeline_dir, settings.config)  # a rerun resumes the same pipeline, never another one
         OmegaConf.save(OmegaConf.create(dict(settings.config)), pipeline_dir / "config.yaml")
-        return _run_steps(settings, store, data, pipeline_dir, started)
+        return _run_steps(settings, store, data, other, pipeline_dir, started)
 
 
-def check_data(settings: PipelineSettings, data: Dataset) -> None:
+def steps_for(data: Dataset | TaskDataset) -> list[str]:
+    """The training steps that run on ``data``: all, except the oracle on tasks without true labels."""
+    return [step for step in STEP_MODULES if step != "sup_baseline" or data.has_truth]
+
+
+def check_data(settings: PipelineSettings, data: Dataset | TaskDataset, other: Dataset | None = None) -> None:
     """Every step's data needs (training, validation and test tasks), checked before the first step trains."""
-    for step, module in STEP_MODULES.items():
-        module.check_data(settings.steps[step], data)
-    meta_eval.check_data(settings.evaluation, data)
+    for step in steps_for(data):
+        STEP_MODULES[step].check_data(settings.steps[step], data)
+    meta_eval.check_data(settings.evaluation, data, other)
 
 
-def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset, pipeline_dir: Path,
-               started: float) -> dict:
+def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset | TaskDataset, other: Dataset | None,
+               pipeline_dir: Path, started: float) -> dict:
     run_name = str(settings.run.run_name)
     outcomes: dict[str, dict] = {}
+    steps = steps_for(data)
+    if "sup_baseline" not in steps:
+        print("[pipeline] sup_baseline: skipped (the task collection has no true labels: give tasks_truth=truth.csv "
+              "to train the oracle)")
     for step, step_run in TRAINING_STEPS.items():
+        if step not in steps:
+            continue
         done = store.finished(step, run_name)
         if done is not None:
             print(f"[pipeline] {step}: already finished in {done['run_dir']}, reusing it")
@@ -120,12 +139,15 @@ def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset, pipel
         outcomes[step] = step_run(settings.steps[step], data)
     rows = []
     for label, step in EVALUATED:
+        if step not in steps:
+            continue
         eval_name = f"{run_name}_{label}"
         done = store.finished("meta_eval", eval_name)
         if done is None:
             evaluation = settings.evaluation.for_model(eval_name, str(store.run_dir(step, run_name)), settings.model)
-            done = meta_eval.run(evaluation, data)
-        rows += [{"model": label, "shots": r["shots"], "acc": r["acc"], "ci": r["ci"]} for r in done["rows"]]
+            done = meta_eval.run(evaluation, data, other)
+        rows += [{"model": label, **{k: r[k] for k in ("shots", "column", "acc", "ci") if k in r}}
+                 for r in done["rows"]]
     labeler = outcomes["learn_labeler"].get("labeler")
     if labeler is None:
         raise MelaError(f"the learn_labeler run of {run_name} has no labeler summary; delete it and rerun")

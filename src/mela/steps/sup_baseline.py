@@ -11,9 +11,12 @@ from omegaconf import DictConfig
 from mela.config import readers
 from mela.data.base import ImageSplit
 from mela.data.registry import Dataset, DatasetRef, open_dataset
+from mela.data.task_dataset import TaskDataset
+from mela.data.tasks import TaskCollection
 from mela.engine.checkpoint import initial_model
 from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import check_validation_data
+from mela.errors import MelaError
 from mela.models.registry import check_model_name
 from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
 from mela.workspace import data_dir
@@ -39,25 +42,32 @@ def read_settings(cfg: DictConfig) -> SupBaselineSettings:
                                readers.read_supervised(cfg), readers.record(cfg))
 
 
-def true_label_sets(train: ImageSplit) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Images and labels to train the oracle on: one head, or one per label set (h_aircraft)."""
+def true_label_sets(train: ImageSplit | TaskCollection) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Images and labels to train the oracle on: one head, or one per label set (h_aircraft); for a task
+    collection, every item of the training tasks with its true global class from ``truth.csv``."""
+    if isinstance(train, TaskCollection):
+        _, labels = np.unique(train.class_truth[train.item_class], return_inverse=True)
+        return train.item_image, [labels.astype(np.int64)]
     if train.label_sets:
         item_images = np.arange(len(train.images))
         return item_images, [np.asarray(v) for v in train.label_sets.values()]
     return train.item_images(), [train.labels]
 
 
-def check_data(settings: SupBaselineSettings, data: Dataset) -> None:
-    """Refuse, before any work, a val split too small for the validation tasks."""
+def check_data(settings: SupBaselineSettings, data: Dataset | TaskDataset) -> None:
+    """Refuse, before any work, a val split too small for the validation tasks, or tasks without true labels."""
+    if not data.has_truth:
+        raise MelaError("sup_baseline trains on the true global labels, and this task collection has none: give "
+                        "tasks_truth=truth.csv (task,local_label,global_label), or skip the oracle")
     check_validation_data(settings.training.validation, data, STEP)
 
 
-def run(settings: SupBaselineSettings, dataset: Dataset | None = None) -> dict:
+def run(settings: SupBaselineSettings, dataset: Dataset | TaskDataset | None = None) -> dict:
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
     start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
     check_data(settings, data)
-    train, val = data.split("train"), data.split("val")
+    train, val = data.episode_data("train"), data.episode_data("val")
     with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
         model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
         item_images, label_sets = true_label_sets(train)

@@ -1,0 +1,93 @@
+"""Global labels for a locally labelled task collection: features in, ``global_labels.csv`` out.
+
+The labeler (:mod:`mela.methods.labeler`) clusters the task classes of a ragged pile; this module feeds it
+a collection's features (each image through the model once), turns its answer into labelled images for
+pre-training, and writes what a user reads: one row per task class with its global class and how far its
+key sits from that class's centroid, and one entry per global class with its members.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mela.data.tasks import TaskCollection, class_means
+from mela.jsonio import write_json_atomic
+from mela.methods.evaluator import extract_features
+from mela.methods.labeler import RaggedFeatures
+
+GLOBAL_LABELS_FILE = "global_labels.csv"
+GLOBAL_CLASSES_FILE = "global_classes.json"
+
+
+def collection_image_features(model: torch.nn.Module, collection: TaskCollection, mean: tuple[float, ...],
+                              std: tuple[float, ...], device: torch.device) -> np.ndarray:
+    """(N, d) features of the collection's image rows (rows no task uses are left at zero, never computed)."""
+    used = np.unique(collection.item_image)
+    computed = extract_features(model, collection.images[used], mean, std, device).numpy()
+    features = np.zeros((len(collection.images), computed.shape[1]), dtype=computed.dtype)
+    features[used] = computed
+    return features
+
+
+def ragged_features(collection: TaskCollection, image_features: np.ndarray) -> RaggedFeatures:
+    """The labeler's ragged pile: every item's feature, grouped by task class and task."""
+    return RaggedFeatures(image_features[collection.item_image], collection.class_offsets, collection.task_offsets)
+
+
+def key_distances(collection: TaskCollection, image_features: np.ndarray, centroids: np.ndarray,
+                  assigned: np.ndarray) -> np.ndarray:
+    """(K,) distance of each task class's key (mean feature) to the centroid it was given (NaN: unassigned)."""
+    keys = class_means(collection, image_features)
+    out = np.full(len(keys), np.nan)
+    ok = assigned >= 0
+    out[ok] = np.linalg.norm(keys[ok] - centroids[assigned[ok]], axis=1)
+    return out
+
+
+def labelled_items(collection: TaskCollection, assigned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image rows of every item of an assigned task class, and its global label renumbered 0..n-1."""
+    item_class = collection.item_class
+    keep = assigned[item_class] >= 0
+    _, labels = np.unique(assigned[item_class[keep]], return_inverse=True)
+    return collection.item_image[keep], labels.astype(np.int64)
+
+
+def global_class_names(assigned: np.ndarray) -> np.ndarray:
+    """(K,) the name of each task class's global class, ``g0``, ``g1``, ... in order of first use ("" if none)."""
+    order: dict[int, int] = {}
+    for value in assigned.tolist():
+        if value >= 0 and value not in order:
+            order[value] = len(order)
+    return np.array([f"g{order[v]}" if v >= 0 else "" for v in assigned.tolist()], dtype=object)
+
+
+def write_global_labels(run_dir: Path, collection: TaskCollection, assigned: np.ndarray,
+                        distances: np.ndarray) -> tuple[Path, Path]:
+    """``global_labels.csv`` (task, local_label, global_class, distance) and ``global_classes.json``
+    ({global class: {size, members: [[task, local_label], ...]}}), both written atomically."""
+    names = global_class_names(assigned)
+    task_of = collection.class_task
+    csv_path = run_dir / GLOBAL_LABELS_FILE
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["task", "local_label", "global_class", "distance"])
+        for k in range(collection.n_classes):
+            distance = "" if not np.isfinite(distances[k]) else f"{distances[k]:.6g}"
+            writer.writerow([collection.task_ids[task_of[k]], collection.class_names[k], names[k], distance])
+    os.replace(tmp, csv_path)
+    classes: dict[str, dict] = {}
+    for k in range(collection.n_classes):
+        if names[k]:
+            entry = classes.setdefault(names[k], {"size": 0, "images": 0, "members": []})
+            entry["size"] += 1
+            entry["images"] += int(collection.class_sizes[k])
+            entry["members"].append([collection.task_ids[task_of[k]], collection.class_names[k]])
+    json_path = run_dir / GLOBAL_CLASSES_FILE
+    write_json_atomic(json_path, classes)
+    return csv_path, json_path

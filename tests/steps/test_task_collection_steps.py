@@ -1,0 +1,144 @@
+"""``dataset=tasks``: every step on a locally labelled task collection, through the pipeline and one by one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from mela.cli import main
+from mela.config import compose_config
+from mela.data.task_dataset import TaskSplitSettings
+from mela.data.task_maker import MakeSettings, make_info, make_tasks, write_tasks
+from mela.data.tasks import load_tasks
+from mela.errors import MelaError
+from mela.steps import meta_eval, sup_baseline
+from mela.workspace import saves_dir
+from tests.conftest import make_synthetic_split
+
+FAST = ["learn_meta_repr.epochs=1", "learn_meta_repr.lr_decay_epochs=1", "learn_labeler.epochs=1",
+        "learn_labeler.lr_decay_epochs=1", "learn_labeler.K=40", "sup_baseline.epochs=1",
+        "sup_baseline.lr_decay_epochs=1", "fine_tune.epochs=1", "val_db_size=10", "test_db_size=20",
+        "meta_eval.n_queries=5", "n_ways=4", "n_queries=2", "tasks_holdout=0.15", "tasks_val=0.1"]
+
+
+@pytest.fixture(scope="module")
+def collection_dir(tmp_path_factory) -> Path:
+    """60 tasks of 2-5 ways over 16 synthetic 16 px classes, 1-4 images per class, in folder form with truth."""
+    split = make_synthetic_split(16, 12, 5)
+    made = make_tasks(split, MakeSettings(n_tasks=60, ways=(2, 5), shots=(1, 4), recur=(4, 20), seed=3))
+    out = tmp_path_factory.mktemp("tasks") / "jobs"
+    write_tasks(made, split, out, "folder", make_info(made, MakeSettings(n_tasks=60), "synthetic"))
+    return out
+
+
+def pipeline_args(collection: Path, run_name: str, *extra: str) -> list[str]:
+    return ["pipeline", "dataset=tasks", f"tasks_path={collection}", f"run_name={run_name}", "model=convnet4",
+            "progress=false", "tensorboard=false", "plots=false", *FAST, *extra]
+
+
+def test_the_pipeline_on_a_task_collection_writes_global_labels_and_held_out_rows(collection_dir, workspace,
+                                                                                   capsys) -> None:
+    assert main(pipeline_args(collection_dir, "tk")) == 0
+    out = capsys.readouterr().out
+    results = json.loads(Path(out.strip().splitlines()[-1]).read_text())
+    assert {r["model"] for r in results["rows"]} == {"meta_repr", "mela", "mela_finetune", "oracle"}
+    assert {r.get("column") for r in results["rows"]} == {"held-out tasks"}
+    assert all(0.0 < r["acc"] <= 100.0 and r["ci"] >= 0 for r in results["rows"])
+    assert "held-out tasks acc" in out
+
+    run_dir = saves_dir(workspace) / "learn_labeler" / "tk"
+    collection = load_tasks(collection_dir)
+    with open(run_dir / "global_labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # One row per task class of the training tasks; every class's global class is one of global_classes.json.
+    classes = json.loads((run_dir / "global_classes.json").read_text())
+    assert len(rows) == sum(entry["size"] for entry in classes.values()) > 0
+    assert {r["global_class"] for r in rows} == set(classes)
+    assert all(float(r["distance"]) >= 0 for r in rows)
+    members = {(task, local) for entry in classes.values() for task, local in entry["members"]}
+    assert members == {(r["task"], r["local_label"]) for r in rows}
+    # The labeler's ARI in the report is the ARI of global_labels.csv against truth.csv, computed here.
+    with open(collection_dir / "truth.csv", newline="") as handle:
+        truth = {(r["task"], r["local_label"]): r["global_label"] for r in csv.DictReader(handle)}
+    ari = adjusted_rand_score([truth[(r["task"], r["local_label"])] for r in rows], [r["global_class"] for r in rows])
+    assert results["labeler"]["ari"] == pytest.approx(ari)
+    assert len({r["task"] for r in rows}) < collection.n_tasks  # held-out and val tasks are not labelled
+
+    # The held-out evaluation is the same for a rerun: it reuses every step and gives the same table.
+    assert main(pipeline_args(collection_dir, "tk")) == 0
+    assert capsys.readouterr().out.count("already finished") == 4
+
+
+def test_without_truth_the_oracle_is_skipped_the_labeler_is_not_scored_and_eval_dataset_adds_rows(
+        collection_dir, synthetic_dataset, tmp_path, workspace, capsys) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(collection_dir, bare)
+    (bare / "truth.csv").unlink()
+    assert main(pipeline_args(bare, "nt", f"eval_dataset={synthetic_dataset}")) == 0
+    out = capsys.readouterr().out
+    assert "sup_baseline: skipped" in out
+    results = json.loads(Path(out.strip().splitlines()[-1]).read_text())
+    assert {r["model"] for r in results["rows"]} == {"meta_repr", "mela", "mela_finetune"}
+    columns = {(r["model"], r.get("column")) for r in results["rows"]}
+    assert columns == {(m, c) for m in ("meta_repr", "mela", "mela_finetune")
+                       for c in ("held-out tasks", f"{synthetic_dataset} 1-shot", f"{synthetic_dataset} 5-shot")}
+    assert all(25.0 < r["acc"] <= 100.0 for r in results["rows"] if r.get("shots"))  # 4-way chance is 25 %
+    assert results["labeler"]["true_classes"] is None and results["labeler"]["ari"] is None
+    assert "global classes found (no true labels" in out
+    with pytest.raises(MelaError, match="sup_baseline trains on the true global labels"):
+        cfg = compose_config("sup_baseline", ["dataset=tasks", f"tasks_path={bare}", "model=convnet4"])
+        sup_baseline.run(sup_baseline.read_settings(cfg))
+
+
+def test_meta_eval_refuses_an_eval_dataset_whose_images_differ_from_the_collections(collection_dir, workspace
+                                                                                   ) -> None:
+    from mela.data.registry import open_dataset
+    from mela.data.task_dataset import open_task_dataset
+
+    cfg = compose_config("meta_eval", ["dataset=tasks", f"tasks_path={collection_dir}", "model=convnet4",
+                                       "eval_dataset=glyphs"])
+    settings = meta_eval.read_settings(cfg)
+    assert settings.eval_dataset.name == "glyphs"
+    data = open_task_dataset(str(collection_dir))
+    with pytest.raises(MelaError, match="eval_dataset=glyphs has images of shape"):
+        meta_eval.check_data(settings, data, open_dataset("glyphs", workspace))
+    with pytest.raises(MelaError, match="tasks_holdout=0 holds no task out"):
+        meta_eval.check_data(settings, open_task_dataset(str(collection_dir),
+                                                         settings=TaskSplitSettings(0.0, 0.1, 0)))
+
+
+def test_dataset_tasks_without_tasks_path_and_tasks_path_without_dataset_tasks_are_one_line_errors() -> None:
+    from mela.steps import learn_meta_repr
+
+    with pytest.raises(MelaError, match="dataset=tasks needs tasks_path"):
+        learn_meta_repr.read_settings(compose_config("learn_meta_repr", ["dataset=tasks"]))
+    with pytest.raises(MelaError, match="set dataset=tasks"):
+        learn_meta_repr.read_settings(compose_config("learn_meta_repr", ["dataset=glyphs", "tasks_path=/x"]))
+
+
+def test_the_three_task_shares_are_disjoint_cover_the_collection_and_follow_the_seed(collection_dir) -> None:
+    from mela.data.task_dataset import open_task_dataset
+
+    data = open_task_dataset(str(collection_dir), settings=TaskSplitSettings(0.15, 0.1, 0))
+    parts = [data.indices[p] for p in ("train", "val", "test")]
+    assert sum(len(p) for p in parts) == 60 and len(np.unique(np.concatenate(parts))) == 60
+    assert [len(p) for p in parts] == [46, 5, 9]
+    again = open_task_dataset(str(collection_dir), settings=TaskSplitSettings(0.15, 0.1, 0))
+    other = open_task_dataset(str(collection_dir), settings=TaskSplitSettings(0.15, 0.1, 1))
+    assert all(np.array_equal(again.indices[p], data.indices[p]) for p in ("train", "val", "test"))
+    assert not np.array_equal(other.indices["test"], data.indices["test"])
+    assert data.identity == again.identity != other.identity
+    # Pixel statistics are the images' own, in [0, 1] units.
+    pixels = data.collection.images.astype(np.float64) / 255
+    assert data.mean[0] == pytest.approx(pixels.mean()) and data.std[0] == pytest.approx(pixels.std())
+    # Each part's tasks are the collection's tasks, untouched.
+    test = data.tasks("test")
+    first = int(data.indices["test"][0])
+    assert test.task_ids[0] == data.collection.task_ids[first]
+    assert [list(r) for r in test.task_classes(0)] == [list(r) for r in data.collection.task_classes(first)]
