@@ -608,7 +608,7 @@ def cluster_spread(keys: np.ndarray | TaskKeys, assigned: np.ndarray) -> KeySpre
     useful = sizes[inverse] >= 2
     if useful.sum() < 2:
         return None
-    scale = (sizes[inverse] / (sizes[inverse] - 1.0))[useful]
+    scale = sizes[inverse][useful] / (sizes[inverse][useful] - 1.0)
     squared = (residual[useful] ** 2).sum(-1) * scale
     dim = effective_dimension(residual[useful] * np.sqrt(scale)[:, None], int(useful.sum()))
     # The median of chi^2_D / D is about 1 - 2 / (3 D): undo that shrinkage.
