@@ -145,7 +145,7 @@ def infer_global_labels(
     spread = None
     passes: list[dict] = []
     if centroids is None:
-        clustering = cluster_features(features, config)
+        clustering = cluster_features(features, config, keys)
         centroids, passes, spread = clustering.centroids, clustering.passes, clustering.spread
     if spread is None:
         spread = key_spread(features)

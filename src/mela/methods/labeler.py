@@ -946,14 +946,16 @@ def merge_pass(
     return merged, np.maximum(merged_members, 1.0), pooled
 
 
-def cluster_features(features: np.ndarray | RaggedFeatures, config: LabelerConfig) -> Clustering:
+def cluster_features(features: np.ndarray | RaggedFeatures, config: LabelerConfig,
+                     keys: np.ndarray | TaskKeys | None = None) -> Clustering:
     """Cluster (T, n_ways, m, d) item features (or :class:`RaggedFeatures`): what learn_labeler runs.
 
     Improved mode measures the key spread from the images of each local class, or,
     with one image per class, from a first clustering without spawning or merging
     (:func:`cluster_spread`), then clusters with it. Reference mode uses no spread.
+    ``keys``: the features' :func:`task_keys`, when the caller has them already.
     """
-    keys = task_keys(features)
+    keys = task_keys(features) if keys is None else keys
     if config.mode == "reference":
         return fit_centroids(keys, config)
     spread = key_spread(features)
