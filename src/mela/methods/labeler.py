@@ -399,10 +399,35 @@ def paired_sq_distances(x: np.ndarray, rows: np.ndarray, y: np.ndarray, cols: np
 
 
 def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK_KEYS) -> np.ndarray:
-    """(K,) index of each key's nearest centroid, from key-centroid distances computed ``chunk`` keys at a time."""
+    """(K,) index of each key's nearest centroid, ``chunk`` keys at a time: ``cdist(keys, centroids).argmin(1)``.
+
+    A matrix product ranks the centroids fast (``|c|^2 - 2 x.c``, after centring); the few
+    centroids within its rounding error of the best are then compared by the exact
+    distance, summed as ``cdist`` sums it, ties to the lowest index as ``argmin`` breaks them.
+    """
+    keys = np.asarray(keys, dtype=np.float64)
+    centroids = np.asarray(centroids, dtype=np.float64)
     out = np.empty(len(keys), dtype=np.int64)
+    if len(centroids) == 0 or len(keys) == 0:
+        return out
+    centre = centroids.mean(axis=0)
+    shifted = centroids - centre
+    norms = (shifted**2).sum(axis=1)
+    scaled = -2.0 * shifted.T
     for lo in range(0, len(keys), chunk):
-        out[lo : lo + chunk] = cdist(keys[lo : lo + chunk], centroids).argmin(axis=1)
+        block = keys[lo : lo + chunk]
+        x = block - centre
+        rank = x @ scaled
+        rank += norms
+        best = rank.min(axis=1)
+        # Rounding of the product form is far below 1e-9 of |x|^2 + |c|^2; anything that close may be the nearest.
+        slack = 1e-9 * ((x**2).sum(axis=1) + norms.max()) + 1e-300
+        rows, cols = np.nonzero(rank <= (best + slack)[:, None])
+        exact = np.sqrt(paired_sq_distances(block, rows, centroids, cols))
+        order = np.lexsort((cols, exact, rows))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = rows[order][1:] != rows[order][:-1]
+        out[lo + rows[order][first]] = cols[order][first]
     return out
 
 
