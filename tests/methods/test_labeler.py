@@ -34,6 +34,7 @@ from mela.methods.labeler import (
     merge_close_centroids,
     merge_indistinguishable,
     merge_statistic,
+    nearest_centroids,
     nearest_distinct,
     paired_sq_distances,
     prune_threshold,
@@ -745,3 +746,15 @@ def test_ragged_key_and_feature_piles_refuse_inconsistent_offsets_with_one_line(
         cooccurrence(np.array([0, 1, 2]), 3)
     with pytest.raises(MelaError, match="2 true classes for 3 task classes"):
         clustering_report(np.array([0, 1, 2]), np.array([0, 1]), np.array([0, 3]))
+
+
+def test_nearest_centroids_is_cdists_argmin_with_exact_ties_and_far_from_the_origin() -> None:
+    rng = np.random.default_rng(28)
+    for offset, scale in ((0.0, 1.0), (1e4, 1.0), (3.0, 1e-7)):
+        centroids = offset + scale * rng.normal(size=(40, 6))
+        centroids[7] = centroids[3]  # two identical centroids: argmin takes the lower index
+        keys = offset + scale * rng.normal(size=(500, 6))
+        keys[:5] = centroids[3]
+        keys[5:9] = np.round(keys[5:9])  # and a few grid points
+        np.testing.assert_array_equal(nearest_centroids(keys, centroids, chunk=64),
+                                      cdist(keys, centroids).argmin(axis=1))
