@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.spatial.distance import cdist, pdist
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from mela.data.samplers import TaskShape, no_replacement_tasks
@@ -14,27 +15,34 @@ from mela.errors import MelaError
 from mela.methods.labeler import (
     KeySpread,
     LabelerConfig,
+    RaggedFeatures,
+    TaskKeys,
     cluster_features,
     cluster_spread,
     clustering_report,
     cooccurrence,
     debiased_cost,
     different_class_chance,
+    different_class_sq_distances,
     effective_dimension,
     fit_centroids,
     key_diagnostics,
     key_spread,
     label_tasks,
     matched_distinct,
+    member_means,
     merge_close_centroids,
     merge_indistinguishable,
     merge_statistic,
+    nearest_centroids,
     nearest_distinct,
+    paired_sq_distances,
     prune_threshold,
     purity,
     reliability_warning,
     same_class_key_distance,
     task_keys,
+    with_singletons,
 )
 
 N_CLASSES, DIM, ITEMS_PER_CLASS, N_WAYS = 30, 16, 100, 5
@@ -507,3 +515,246 @@ def test_improved_mode_does_not_collapse_weak_classes_and_beats_reference_there(
     _, reference = _fit_and_report(features, true, LabelerConfig(K=100, mode="reference"))
     assert improved["clusters"] >= 0.5 * n_classes
     assert improved["ari"] >= reference["ari"]
+
+
+# ---- ragged piles: tasks of any ways, classes of any sizes ----
+
+
+def _ragged_pile(n_classes: int, dim: int, n_tasks: int, ways: tuple[int, int], sizes: tuple[int, int],
+                 separation: float, seed: int, leading: tuple[list[int], ...] = ()
+                 ) -> tuple[RaggedFeatures, np.ndarray]:
+    """Gaussian classes (unit within-class trace), tasks of ``ways`` classes of ``sizes`` items (both ranges
+    inclusive) after the ``leading`` tasks (lists of classes); returns the features and the flat true class of
+    each task class."""
+    rng = np.random.default_rng(seed)
+    means = separation * rng.normal(size=(n_classes, dim)) / math.sqrt(dim)
+    task_ways = np.r_[[len(t) for t in leading], rng.integers(ways[0], ways[1] + 1, n_tasks)].astype(np.int64)
+    true = np.concatenate([np.asarray(t) for t in leading]
+                          + [rng.choice(n_classes, w, replace=False) for w in task_ways[len(leading):]])
+    class_sizes = rng.integers(sizes[0], sizes[1] + 1, len(true))
+    items = means[np.repeat(true, class_sizes)] + rng.normal(size=(class_sizes.sum(), dim)) / math.sqrt(dim)
+    return RaggedFeatures(items, np.r_[0, np.cumsum(class_sizes)], np.r_[0, np.cumsum(task_ways)]), true
+
+
+def _assert_same(a, b) -> None:
+    """Exact equality of nested results (dicts, lists, arrays, floats with NaN)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    elif isinstance(a, np.ndarray | KeySpread):
+        np.testing.assert_array_equal(np.asarray(a) if isinstance(a, np.ndarray) else a.__dict__,
+                                      np.asarray(b) if isinstance(b, np.ndarray) else b.__dict__)
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b)
+    else:
+        assert a == b
+
+
+def _fixed_pile(seed: int, m: int, separation: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    means = separation * rng.normal(size=(40, 12)) / math.sqrt(12)
+    true = np.stack([rng.choice(40, 5, replace=False) for _ in range(120)])
+    return (means[true][:, :, None] + rng.normal(size=(120, 5, m, 12)) / math.sqrt(12)).astype(np.float32), true
+
+
+@pytest.mark.parametrize(("seed", "m", "separation", "mode", "K"), [
+    (11, 4, 3.0, "improved", 60), (12, 1, 4.0, "improved", 30), (13, 3, 1.0, "improved", 400),
+    (14, 4, 3.0, "reference", 40), (15, 1, 4.0, "reference", 40),
+], ids=["m4", "m1", "overlapping", "reference_m4", "reference_m1"])
+def test_ragged_form_of_a_fixed_shape_pile_gives_bit_identical_results_in_every_function(
+        seed: int, m: int, separation: float, mode: str, K: int) -> None:
+    features, true = _fixed_pile(seed, m, separation)
+    ragged = RaggedFeatures.from_array(features)
+    keys, ragged_keys = task_keys(features), task_keys(ragged)
+    np.testing.assert_array_equal(TaskKeys.from_array(keys).keys, ragged_keys.keys)
+    config = LabelerConfig(K=K, mode=mode)
+    fixed_fit, ragged_fit = cluster_features(features, config), cluster_features(ragged, config)
+    _assert_same(fixed_fit.passes, ragged_fit.passes)
+    assert len(fixed_fit.passes) >= 2
+    np.testing.assert_array_equal(fixed_fit.centroids, ragged_fit.centroids)
+    _assert_same(key_spread(features), key_spread(ragged))
+    spread = fixed_fit.spread or key_spread(features)
+    if spread is not None:
+        _assert_same(fit_centroids(keys, config, spread).passes, fit_centroids(ragged_keys, config, spread).passes)
+    centroids = fixed_fit.centroids
+    assigned = label_tasks(keys, centroids, mode)
+    flat = label_tasks(ragged_keys, centroids, mode)
+    np.testing.assert_array_equal(assigned.ravel(), flat)
+    np.testing.assert_array_equal(cooccurrence(assigned, len(centroids)),
+                                  cooccurrence(flat, len(centroids), ragged_keys.offsets))
+    _assert_same(member_means(keys, assigned, centroids), member_means(ragged_keys, flat, centroids))
+    np.testing.assert_array_equal(different_class_sq_distances(keys), different_class_sq_distances(ragged_keys))
+    _assert_same(cluster_spread(keys, assigned), cluster_spread(ragged_keys, flat))
+    _assert_same(key_diagnostics(keys, centroids, spread), key_diagnostics(ragged_keys, centroids, spread))
+    _assert_same(clustering_report(assigned, true), clustering_report(flat, true.ravel(), ragged_keys.offsets))
+    np.testing.assert_array_equal(with_singletons(assigned), with_singletons(flat))
+
+
+def test_ragged_pile_of_2_to_8_ways_and_1_to_5_images_recovers_its_classes() -> None:
+    features, true = _ragged_pile(100, 16, 350, (2, 8), (1, 5), 4.0, seed=21)
+    assert features.ways.min() == 2 and (features.class_sizes == 1).any()
+    clustering = cluster_features(features, LabelerConfig())
+    assert clustering.spread is not None and clustering.spread.source == "images"
+    assigned = label_tasks(task_keys(features), clustering.centroids)
+    assert assigned.shape == (features.n_classes,)
+    assert adjusted_rand_score(true, assigned) >= 0.95
+    n_true = len(np.unique(true))
+    assert abs(len(np.unique(assigned)) - n_true) <= 0.05 * n_true
+    # Cannot-link: no task gives two of its classes one label.
+    offsets = features.task_offsets
+    assert all(len(set(assigned[lo:hi])) == hi - lo for lo, hi in itertools.pairwise(offsets))
+
+
+def test_ragged_pile_of_one_image_classes_measures_the_spread_around_the_centroids_and_recovers_them() -> None:
+    features, true = _ragged_pile(40, 16, 200, (2, 6), (1, 1), 5.0, seed=22)
+    clustering = cluster_features(features, LabelerConfig(K=60))
+    assert clustering.spread.source == "clusters"
+    # Keys are single images of unit within-class trace: two of one class are sqrt(2) apart.
+    assert clustering.spread.distance == pytest.approx(math.sqrt(2.0), rel=0.15)
+    assigned = label_tasks(task_keys(features), clustering.centroids)
+    assert adjusted_rand_score(true, assigned) >= 0.95
+
+
+def test_a_two_way_task_and_a_one_image_class_are_labelled_with_their_classes() -> None:
+    features, true = _ragged_pile(20, 8, 120, (3, 6), (2, 4), 6.0, seed=23)
+    rng = np.random.default_rng(0)
+    # Append a 2-way task whose second class has a single image: classes true[0] and true[1] of task 0.
+    key0, key1 = (features.items[features.class_offsets[k] : features.class_offsets[k + 1]].mean(0) for k in (0, 1))
+    extra = np.stack([key0, key0 + 0.1 * rng.normal(size=8), key1])
+    items = np.concatenate([features.items, extra])
+    classes = np.r_[features.class_offsets, features.class_offsets[-1] + 2, features.class_offsets[-1] + 3]
+    tasks = np.r_[features.task_offsets, features.task_offsets[-1] + 2]
+    pile = RaggedFeatures(items, classes, tasks)
+    labels = label_tasks(task_keys(pile), cluster_features(pile, LabelerConfig(K=30)).centroids)
+    assert labels[-2] == labels[0] and labels[-1] == labels[1] and labels[-2] != labels[-1]
+    assert adjusted_rand_score(np.r_[true, true[0], true[1]], labels) >= 0.95
+
+
+def test_ragged_prune_threshold_equals_the_hand_worked_poisson_binomial_bound() -> None:
+    hits = np.array([4.0, 3.0, 2.0, 1.0, 2.0])  # K=5, total 12 = the accepted tasks' ways 2 + 3 + 3 + 4
+    # p_t = ways_t / 5 = .4, .6, .6, .8; variance .24 + .24 + .24 + .16 = .88; mean 12 / 5 = 2.4.
+    assert prune_threshold(hits, np.array([2, 3, 3, 4]), 1.0) == pytest.approx(2.4 - math.sqrt(0.88), abs=1e-12)
+    assert prune_threshold(hits, np.array([2, 3, 3, 4]), 3.5) == 1.0  # floored
+    # Tasks of one width: the binomial bound of fixed-shape piles.
+    equal = np.array([4.0, 3.0, 2.0, 1.0, 2.0])
+    assert prune_threshold(equal, np.full(4, 3), 1.0) == pytest.approx(prune_threshold(equal, 3, 1.0), abs=1e-12)
+
+
+def test_ragged_key_spread_pools_classes_of_two_or_more_images_on_a_hand_worked_example() -> None:
+    # Class A: (0,0) (2,0) (1,3), mean (1,1), squared deviations 2 + 2 + 4; class B: (5,5) (5,7), mean (5,6),
+    # squared deviations 1 + 1; C and D: one image each, skipped. dof = 2 + 1, tr(S) = 10 / 3.
+    items = np.array([[0, 0], [2, 0], [1, 3], [9, 9], [5, 5], [5, 7], [-9, 4]], dtype=float)
+    features = RaggedFeatures(items, np.array([0, 3, 4, 6, 7]), np.array([0, 2, 4]))  # tasks [A, C], [B, D]
+    # mean_k(1 / m_k) = (1/3 + 1 + 1/2 + 1) / 4 = 17 / 24; s = sqrt(2 tr(S) 17/24) = sqrt(85 / 18).
+    assert same_class_key_distance(features) == pytest.approx(math.sqrt(85 / 18), rel=1e-12)
+    spread = key_spread(features)
+    assert spread.distance == pytest.approx(math.sqrt(85 / 18), rel=1e-12) and spread.source == "images"
+    deviations = np.array([[-1, -1], [1, -1], [0, 2], [0, -1], [0, 1]], dtype=float)
+    assert spread.effective_dim == effective_dimension(deviations, 3)
+    single = RaggedFeatures(items[[0, 3, 6]], np.array([0, 1, 2, 3]), np.array([0, 3]))
+    assert same_class_key_distance(single) is None and key_spread(single) is None
+
+
+def test_reference_mode_on_ragged_tasks_starts_from_the_first_k_keys_and_drops_colliding_tasks() -> None:
+    # The first three tasks (3, 4 and 5 ways) hold the 12 classes once each, so the first 12 keys cover them all.
+    leading = ([0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10, 11])
+    features, true = _ragged_pile(12, 8, 80, (3, 5), (2, 3), 8.0, seed=24, leading=leading)
+    keys = task_keys(features)
+    # K = 12 is not a multiple of the tasks' ways: only fixed ways need that.
+    clustering = fit_centroids(keys, LabelerConfig(K=12, mode="reference"))
+    assert clustering.passes[0]["centroids_before"] == 12 and len(clustering.centroids) == 12
+    assigned = label_tasks(keys, clustering.centroids, "reference")
+    assert assigned.shape == (features.n_classes,)
+    assert (assigned >= 0).all() and adjusted_rand_score(true, assigned) == 1.0
+    with pytest.raises(MelaError, match="at least K = 9999 task classes"):
+        fit_centroids(keys, LabelerConfig(K=9999, mode="reference"))
+    # A task whose two keys sit on one centroid is dropped whole; its neighbours keep their labels.
+    c = clustering.centroids
+    probe = TaskKeys(np.concatenate([c[[0, 1, 2]], c[[3, 3]], c[[4, 5, 6, 7]]]), np.array([0, 3, 5, 9]))
+    np.testing.assert_array_equal(label_tasks(probe, c, "reference"), [0, 1, 2, -1, -1, 4, 5, 6, 7])
+    np.testing.assert_array_equal(label_tasks(probe, c, "improved")[[0, 1, 2, 5, 6, 7, 8]], [0, 1, 2, 4, 5, 6, 7])
+
+
+def test_chunked_label_tasks_equals_per_task_matching_on_a_pile_with_many_collisions() -> None:
+    rng = np.random.default_rng(25)
+    ways = rng.integers(2, 9, 300)
+    keys = TaskKeys(rng.normal(size=(ways.sum(), 4)), np.r_[0, np.cumsum(ways)])
+    centroids = rng.normal(size=(12, 4))
+    naive_improved = np.concatenate([matched_distinct(cdist(keys.task(t), centroids)) for t in range(300)])
+    naive_reference = np.concatenate([
+        np.full(ways[t], -1) if (c := nearest_distinct(cdist(keys.task(t), centroids))) is None else c
+        for t in range(300)])
+    assert (naive_reference < 0).mean() > 0.5  # most tasks collide
+    for chunk in (1, 7, 8192):
+        np.testing.assert_array_equal(label_tasks(keys, centroids, "improved", chunk=chunk), naive_improved)
+        np.testing.assert_array_equal(label_tasks(keys, centroids, "reference", chunk=chunk), naive_reference)
+
+
+def test_vectorised_cooccurrence_equals_a_double_loop_over_each_tasks_classes() -> None:
+    rng = np.random.default_rng(26)
+    ways = rng.integers(2, 9, 200)
+    offsets = np.r_[0, np.cumsum(ways)]
+    assigned = rng.integers(0, 30, ways.sum())
+    assigned[offsets[5] : offsets[6]] = -1  # a dropped task
+    expected = np.zeros((30, 30), dtype=bool)
+    for lo, hi in itertools.pairwise(offsets):
+        if (assigned[lo:hi] < 0).any():
+            continue
+        for a in range(lo, hi):
+            for b in range(lo, hi):
+                if a != b:
+                    expected[assigned[a], assigned[b]] = True
+    np.testing.assert_array_equal(cooccurrence(assigned, 30, offsets), expected)
+
+
+def test_within_task_distances_are_scipys_pdist_to_the_last_bit() -> None:
+    rng = np.random.default_rng(27)
+    ways = rng.integers(1, 7, 50)
+    keys = TaskKeys(rng.normal(size=(ways.sum(), 33)) * 5, np.r_[0, np.cumsum(ways)])
+    expected = np.sort(np.concatenate([pdist(keys.task(t), "sqeuclidean") for t in range(50)]))
+    np.testing.assert_array_equal(different_class_sq_distances(keys), expected)
+    rows, cols = rng.integers(0, ways.sum(), 500), rng.integers(0, 9, 500)
+    centroids = rng.normal(size=(9, 33))
+    np.testing.assert_array_equal(paired_sq_distances(keys.keys, rows, centroids, cols, chunk=64),
+                                  cdist(keys.keys, centroids, "sqeuclidean")[rows, cols])
+
+
+def test_ragged_diagnostics_count_colliding_tasks_of_any_width() -> None:
+    # Three tasks around centroids (0,0) and (10,0): a 2-way task that separates, a 3-way task whose keys
+    # collide, a 2-way task that collides.
+    keys = TaskKeys(np.array([[0, 0], [10, 0], [0, 0], [1, 0], [10, 0], [9, 0], [10, 1]], dtype=float),
+                    np.array([0, 2, 5, 7]))
+    diagnostics = key_diagnostics(keys, np.array([[0.0, 0.0], [10.0, 0.0]]), KeySpread(1.0, 2.0))
+    assert diagnostics["cannot_link_violation_rate"] == pytest.approx(2 / 3)
+    within = [10.0, 1.0, 10.0, 9.0, math.sqrt(2.0)]  # the 1 + 3 + 1 within-task pairs
+    assert diagnostics["different_class_key_distance"] == float(np.median(within))
+
+
+def test_ragged_key_and_feature_piles_refuse_inconsistent_offsets_with_one_line() -> None:
+    with pytest.raises(MelaError, match="task offsets must run from 0 to 3"):
+        TaskKeys(np.zeros((3, 2)), np.array([0, 2]))
+    with pytest.raises(MelaError, match="no empty task"):
+        TaskKeys(np.zeros((3, 2)), np.array([0, 0, 3]))
+    with pytest.raises(MelaError, match="no empty class"):
+        RaggedFeatures(np.zeros((3, 2)), np.array([0, 3, 3]), np.array([0, 2]))
+    with pytest.raises(MelaError, match="need the task offsets"):
+        cooccurrence(np.array([0, 1, 2]), 3)
+    with pytest.raises(MelaError, match="2 true classes for 3 task classes"):
+        clustering_report(np.array([0, 1, 2]), np.array([0, 1]), np.array([0, 3]))
+
+
+def test_nearest_centroids_is_cdists_argmin_with_exact_ties_and_far_from_the_origin() -> None:
+    rng = np.random.default_rng(28)
+    for offset, scale in ((0.0, 1.0), (1e4, 1.0), (3.0, 1e-7)):
+        centroids = offset + scale * rng.normal(size=(40, 6))
+        centroids[7] = centroids[3]  # two identical centroids: argmin takes the lower index
+        keys = offset + scale * rng.normal(size=(500, 6))
+        keys[:5] = centroids[3]
+        keys[5:9] = np.round(keys[5:9])  # and a few grid points
+        np.testing.assert_array_equal(nearest_centroids(keys, centroids, chunk=64),
+                                      cdist(keys, centroids).argmin(axis=1))

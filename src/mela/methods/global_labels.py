@@ -13,15 +13,20 @@ import numpy as np
 import torch
 
 from mela.data.base import ImageSplit
+from mela.errors import MelaError
 from mela.methods.evaluator import extract_features
 from mela.methods.labeler import (
     LabelerConfig,
+    RaggedFeatures,
+    TaskKeys,
     cluster_features,
     clustering_report,
     key_diagnostics,
+    key_distances,
     key_spread,
     label_tasks,
     task_keys,
+    tasks_kept,
 )
 
 
@@ -32,16 +37,22 @@ class GlobalLabels:
     Attributes:
         centroids: (K, d) one centroid per global class found.
         assigned: (T, n_ways) centroid index of each task class; -1 for a task the labeler dropped
-            (``labeler=reference`` only).
+            (``labeler=reference`` only). For a ragged pile: flat, one entry per task class, in the pile's order.
         passes: what each clustering pass did (spawned, pruned, merged, ...); empty with given centroids.
         diagnostics: label-free reliability of the labels (``methods.labeler.key_diagnostics``): same- vs
             different-class key distance, cannot-link violations, and ``warning`` (a sentence or None).
+        task_offsets: (T + 1,) for a ragged pile, task t's classes being
+            ``assigned[task_offsets[t]:task_offsets[t + 1]]``; None for a fixed-shape pile.
+        key_distances: distance of each task class's key to its centroid, shaped like ``assigned`` (NaN where
+            dropped): a confidence, small is sure (compare it with ``diagnostics["same_class_key_distance"]``).
     """
 
     centroids: np.ndarray
     assigned: np.ndarray
     passes: list[dict] = field(default_factory=list)
     diagnostics: dict = field(default_factory=dict)
+    task_offsets: np.ndarray | None = None
+    key_distances: np.ndarray | None = None
 
     @property
     def warning(self) -> str | None:
@@ -53,11 +64,41 @@ class GlobalLabels:
         """Global classes that label at least one task class."""
         return len(np.unique(self.assigned[self.assigned >= 0]))
 
+    @property
+    def ragged(self) -> bool:
+        return self.task_offsets is not None
+
+    @property
+    def kept_tasks(self) -> np.ndarray:
+        """(T,) True for the tasks whose classes are labelled (all of them, except in ``labeler=reference``)."""
+        return tasks_kept(self.assigned, self.task_offsets)
+
+    @property
+    def class_labels(self) -> np.ndarray:
+        """Flat (task classes,) global class of each task class renumbered 0..n_clusters-1, -1 where dropped."""
+        flat = self.assigned.reshape(-1)
+        out = np.full(len(flat), -1, dtype=np.int64)
+        kept = flat >= 0
+        out[kept] = np.unique(flat[kept], return_inverse=True)[1]
+        return out
+
+    def item_labels(self, class_offsets: np.ndarray) -> np.ndarray:
+        """(items,) label of each item of a ragged pile (class k owns items ``class_offsets[k]:class_offsets[k + 1]``),
+        renumbered as :attr:`class_labels`; -1 for the items of dropped tasks."""
+        labels = self.class_labels
+        sizes = np.diff(np.asarray(class_offsets))
+        if len(sizes) != len(labels):
+            raise MelaError(f"class_offsets describe {len(sizes)} classes but the labels cover {len(labels)}; "
+                            "pass the class offsets of the pile the labels were inferred from")
+        return np.repeat(labels, sizes)
+
     def labelled_items(self, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Items of the kept tasks and their inferred labels, renumbered 0..n_clusters-1.
 
         ``tasks`` is the (T, n_ways, per_class) item pile the labels were inferred from.
         """
+        if self.ragged:
+            raise MelaError("labelled_items takes a fixed-shape pile; for a ragged pile use item_labels(class_offsets)")
         kept = (self.assigned >= 0).all(axis=1)
         items = tasks[kept].reshape(-1)
         clusters = np.repeat(self.assigned[kept], tasks.shape[2], axis=1).reshape(-1)
@@ -65,36 +106,54 @@ class GlobalLabels:
         return items, labels
 
     def report(self, true_classes: np.ndarray | None = None) -> dict:
-        """Counts, and with ``true_classes`` (T, n_ways) the agreement with them (see ``clustering_report``)."""
+        """Counts, and with ``true_classes`` (T, n_ways), or flat (task classes,), the agreement with them
+        (see ``clustering_report``)."""
+        kept = self.kept_tasks
         base = {"centroids": len(self.centroids), "clusters": self.n_clusters,
-                "tasks_kept": int((self.assigned >= 0).all(axis=1).sum()), "tasks_total": int(len(self.assigned))}
+                "tasks_kept": int(kept.sum()), "tasks_total": int(len(kept))}
         if true_classes is not None:
-            base.update(clustering_report(self.assigned, true_classes))
+            true_classes = np.asarray(true_classes)
+            if self.ragged or true_classes.ndim == 1:
+                base.update(clustering_report(self.assigned.reshape(-1), true_classes.reshape(-1),
+                                              self._offsets()))
+            else:
+                base.update(clustering_report(self.assigned, true_classes))
         return {**base, "passes": self.passes, "diagnostics": self.diagnostics,
                 "same_class_key_distance": self.diagnostics.get("same_class_key_distance"),
                 "warning": self.warning}
 
+    def _offsets(self) -> np.ndarray:
+        if self.task_offsets is not None:
+            return self.task_offsets
+        t, n = self.assigned.shape
+        return np.arange(t + 1, dtype=np.int64) * n
+
 
 def infer_global_labels(
-    features: np.ndarray, config: LabelerConfig = LabelerConfig(), centroids: np.ndarray | None = None
+    features: np.ndarray | RaggedFeatures, config: LabelerConfig = LabelerConfig(),
+    centroids: np.ndarray | None = None,
 ) -> GlobalLabels:
     """Cluster a pile's classes into global classes and label every task.
 
     Args:
-        features: (T, n_ways, m, d) features of the m images of each local class of each task.
+        features: (T, n_ways, m, d) features of the m images of each local class of each task, or a
+            :class:`RaggedFeatures` (tasks of any ways, classes of any sizes; then ``assigned`` is flat).
         config: the clustering settings.
         centroids: reuse these (K, d) centroids instead of fitting new ones.
     """
     keys = task_keys(features)
-    spread = key_spread(features)
+    spread = None
     passes: list[dict] = []
     if centroids is None:
-        clustering = cluster_features(features, config)
-        centroids, passes = clustering.centroids, clustering.passes
-        spread = clustering.spread or spread
+        clustering = cluster_features(features, config, keys)
+        centroids, passes, spread = clustering.centroids, clustering.passes, clustering.spread
+    if spread is None:
+        spread = key_spread(features)
     centroids = np.asarray(centroids)
-    return GlobalLabels(centroids, label_tasks(keys, centroids, config.mode), passes,
-                        key_diagnostics(keys, centroids, spread))
+    assigned = label_tasks(keys, centroids, config.mode)
+    offsets = keys.offsets if isinstance(keys, TaskKeys) else None
+    return GlobalLabels(centroids, assigned, passes, key_diagnostics(keys, centroids, spread), offsets,
+                        key_distances(keys, centroids, assigned))
 
 
 def pile_features(

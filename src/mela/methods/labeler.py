@@ -53,16 +53,50 @@ above 0.6, more than 20 % colliding tasks, or a same-class distance that cannot 
 measured gives a warning that the inferred labels are unreliable (on the 108
 cases of ``benchmarks/labeler_sweep.py`` this flags all but 3 of the runs with ARI
 below 0.2, and 7 runs with ARI above 0.5).
+
+Ragged piles. A real task collection has tasks of 2 to 20 ways and classes of 1 to many
+images. Every function takes either the fixed-shape arrays (keys (T, n_ways, d), item
+features (T, n_ways, m, d), ``assigned`` (T, n_ways)) or the ragged forms :class:`TaskKeys`
+(keys (K, d) and task offsets: task t owns keys ``offsets[t]:offsets[t + 1]``) and
+:class:`RaggedFeatures` (items (M, d), class and task offsets), with which ``assigned`` is
+flat (K,), -1 where reference mode dropped the task. On fixed-shape input the results are
+exactly those of the fixed-shape code. The rules that change with ragged shapes:
+
+- initialisation: the keys of the first tasks until K keys are collected (the first K keys);
+  reference mode needs at least K keys, and K divisible by n_ways only when all tasks have
+  n_ways classes;
+- pruning null: an accepted task t hits each of the K centroids with probability
+  ``p_t = ways_t / K``, so a centroid's hits have mean ``sum_t ways_t / K`` and variance
+  ``sum_t p_t (1 - p_t)`` (:func:`prune_threshold`; for fixed ways, the binomial of before);
+- key spread with classes of m_k images: the within-class covariance S is pooled over the
+  classes with m_k >= 2 (dof ``sum (m_k - 1)``; one-image classes have no inside spread and
+  are skipped). A key of m_k images carries noise ``tr(S) / m_k``, so two keys of one class
+  drawn at random are ``s = sqrt(2 tr(S) mean_k(1 / m_k))`` apart (mean over all classes,
+  one-image ones included). This is also what the merge test and the cost correction need:
+  the mean of a keys carries ``tr(S) mean(1 / m) / a = s^2 / (2 a)``. With no class of two
+  images, ``s`` comes from the keys around their centroids (:func:`cluster_spread`) as before;
+- cannot-link: every pair of classes inside one task, whatever its ways (a 2-way task gives one pair);
+- the widest task sets how many centroids labelling needs.
+
+Scale: labelling, cooccurrence and the diagnostics never hold a keys-by-keys or
+keys-by-centroids matrix whole. Key-centroid distances are computed in chunks of keys
+(:func:`nearest_centroids`); a task whose keys' nearest centroids are distinct takes them
+(they are its optimal one-to-one matching), and only tasks whose keys collide are matched
+with ``linear_sum_assignment``. Within-task pairs are index arrays, their distances
+computed in chunks. :func:`fit_centroids` updates centroids online, so it stays a loop
+over tasks (each task's keys against the current centroids).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist, pdist
+from scipy.spatial.distance import cdist
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from mela.errors import MelaError
@@ -74,6 +108,9 @@ MAX_RELIABLE_DISTANCE_RATIO = 0.6
 MAX_RELIABLE_COLLISION_RATE = 0.2
 # Squared within-class sds, along the split direction, that two halves of one split class may sit apart.
 SPLIT_ALLOWANCE = 4.0
+# Keys per block of key-centroid distances, and pairs per block of within-task distances (memory bounds).
+CHUNK_KEYS = 8192
+CHUNK_PAIRS = 65536
 
 
 @dataclass(frozen=True)
@@ -130,30 +167,314 @@ class Clustering:
     spread: KeySpread | None = None
 
 
-def task_keys(features: np.ndarray) -> np.ndarray:
-    """(T, n_ways, per_class, d) item features -> (T, n_ways, d) class means."""
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """(n,) counts -> (n + 1,) int64 start offsets."""
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def _check_offsets(offsets: np.ndarray, total: int, what: str, parts: str) -> np.ndarray:
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != total:
+        raise MelaError(f"{what} offsets must run from 0 to {total} (one entry more than {parts}); "
+                        "build them as the cumulative sum of the counts with a leading 0")
+    if (np.diff(offsets) < 1).any():
+        raise MelaError(f"every entry of {what} offsets must be above the previous one (no empty {parts[:-1]}); "
+                        f"drop the empty {parts}")
+    return offsets
+
+
+@dataclass(frozen=True)
+class TaskKeys:
+    """A ragged pile of task keys: task t's class keys are ``keys[offsets[t]:offsets[t + 1]]``.
+
+    Attributes:
+        keys: (K, d) float64 class means, tasks one after another.
+        offsets: (T + 1,) int64 task offsets into ``keys``.
+    """
+
+    keys: np.ndarray
+    offsets: np.ndarray
+
+    def __post_init__(self) -> None:
+        keys = np.asarray(self.keys, dtype=np.float64)
+        if keys.ndim != 2:
+            raise MelaError(f"task keys must be a (K, d) array, got shape {keys.shape}")
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "offsets", _check_offsets(self.offsets, len(keys), "task", "tasks"))
+
+    @classmethod
+    def from_array(cls, keys: np.ndarray) -> TaskKeys:
+        """(T, n_ways, d) fixed-shape keys -> the same keys as a ragged pile."""
+        keys = np.asarray(keys)
+        if keys.ndim != 3:
+            raise MelaError(f"task keys must be (T, n_ways, d), got shape {keys.shape}")
+        t, n, d = keys.shape
+        return cls(keys.reshape(t * n, d), np.arange(t + 1, dtype=np.int64) * n)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_keys(self) -> int:
+        return len(self.keys)
+
+    @property
+    def dim(self) -> int:
+        return self.keys.shape[1]
+
+    @cached_property
+    def ways(self) -> np.ndarray:
+        """(T,) classes of each task."""
+        return np.diff(self.offsets)
+
+    @cached_property
+    def task_of(self) -> np.ndarray:
+        """(K,) task of each key."""
+        return np.repeat(np.arange(self.n_tasks), self.ways)
+
+    @cached_property
+    def uniform_ways(self) -> int | None:
+        """n_ways when every task has that many classes, else None."""
+        ways = self.ways
+        return int(ways[0]) if len(ways) and (ways == ways[0]).all() else None
+
+    @property
+    def max_ways(self) -> int:
+        return int(self.ways.max()) if self.n_tasks else 0
+
+    def task(self, t: int) -> np.ndarray:
+        """(ways_t, d) keys of task t."""
+        return self.keys[self.offsets[t] : self.offsets[t + 1]]
+
+
+@dataclass(frozen=True)
+class RaggedFeatures:
+    """Item features of a ragged pile: class k's items are ``items[class_offsets[k]:class_offsets[k + 1]]``,
+    task t's classes are ``task_offsets[t]:task_offsets[t + 1]`` (the layout of ``mela.data.tasks``).
+
+    Attributes:
+        items: (M, d) features of every item (an image used twice appears twice).
+        class_offsets: (K + 1,) int64 class offsets into ``items``.
+        task_offsets: (T + 1,) int64 task offsets into the classes.
+    """
+
+    items: np.ndarray
+    class_offsets: np.ndarray
+    task_offsets: np.ndarray
+
+    def __post_init__(self) -> None:
+        items = np.asarray(self.items)
+        if items.ndim != 2:
+            raise MelaError(f"ragged item features must be an (M, d) array, got shape {items.shape}")
+        object.__setattr__(self, "items", items)
+        class_offsets = _check_offsets(self.class_offsets, len(items), "class", "classes")
+        object.__setattr__(self, "class_offsets", class_offsets)
+        object.__setattr__(self, "task_offsets",
+                           _check_offsets(self.task_offsets, len(class_offsets) - 1, "task", "tasks"))
+
+    @classmethod
+    def from_array(cls, features: np.ndarray) -> RaggedFeatures:
+        """(T, n_ways, m, d) fixed-shape item features -> the same features as a ragged pile."""
+        features = np.asarray(features)
+        if features.ndim != 4:
+            raise MelaError(f"item features must be (T, n_ways, m, d), got shape {features.shape}")
+        t, n, m, d = features.shape
+        return cls(features.reshape(-1, d), np.arange(t * n + 1, dtype=np.int64) * m,
+                   np.arange(t + 1, dtype=np.int64) * n)
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.task_offsets) - 1
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_offsets) - 1
+
+    @cached_property
+    def class_sizes(self) -> np.ndarray:
+        """(K,) items of each class."""
+        return np.diff(self.class_offsets)
+
+    @property
+    def ways(self) -> np.ndarray:
+        return np.diff(self.task_offsets)
+
+    @cached_property
+    def uniform_class_size(self) -> int | None:
+        """m when every class has m items, else None."""
+        sizes = self.class_sizes
+        return int(sizes[0]) if len(sizes) and (sizes == sizes[0]).all() else None
+
+    def keys(self) -> TaskKeys:
+        """Class means as a ragged key pile (with equal class sizes, exactly the fixed-shape ``mean(axis=2)``)."""
+        m = self.uniform_class_size
+        if m is not None:
+            means = self.items.reshape(self.n_classes, m, -1).mean(axis=1)
+        else:
+            means = np.empty((self.n_classes, self.items.shape[1]), dtype=np.float64)
+            for lo, hi in _class_blocks(self.class_offsets):
+                starts = self.class_offsets[lo:hi] - self.class_offsets[lo]
+                block = self.items[self.class_offsets[lo] : self.class_offsets[hi]]
+                means[lo:hi] = np.add.reduceat(block, starts, axis=0, dtype=np.float64)
+            means /= self.class_sizes[:, None]
+        return TaskKeys(means, self.task_offsets)
+
+
+def _class_blocks(class_offsets: np.ndarray, max_items: int = CHUNK_PAIRS) -> Iterator[tuple[int, int]]:
+    """Consecutive class ranges [lo, hi) of about ``max_items`` items each (at least one class)."""
+    n = len(class_offsets) - 1
+    lo = 0
+    while lo < n:
+        hi = int(np.searchsorted(class_offsets, class_offsets[lo] + max_items, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)
+        yield lo, hi
+        lo = hi
+
+
+def as_task_keys(keys: np.ndarray | TaskKeys) -> tuple[TaskKeys, tuple[int, int] | None]:
+    """Either key form -> a :class:`TaskKeys` and the (T, n_ways) shape to give per-key results (None: ragged)."""
+    if isinstance(keys, TaskKeys):
+        return keys, None
+    keys = np.asarray(keys)
+    if keys.ndim != 3:
+        raise MelaError(f"task keys must be (T, n_ways, d) or TaskKeys, got an array of shape {keys.shape}")
+    return TaskKeys.from_array(keys), keys.shape[:2]
+
+
+def _shaped(flat: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
+    return flat if shape is None else flat.reshape(shape)
+
+
+def task_keys(features: np.ndarray | RaggedFeatures) -> np.ndarray | TaskKeys:
+    """(T, n_ways, per_class, d) item features -> (T, n_ways, d) class means; ragged features -> TaskKeys."""
+    if isinstance(features, RaggedFeatures):
+        return features.keys()
     return features.mean(axis=2)
 
 
-def prune_threshold(hits: np.ndarray, n_ways: int, std_factor: float) -> float:
+def task_pairs(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of keys inside one task: (first, second, task) index arrays, first < second.
+
+    Built per distinct task width, without a Python loop over tasks; the order is by
+    width, then task, then pair.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    ways = np.diff(offsets)
+    firsts, seconds, tasks = [], [], []
+    for w in np.unique(ways):
+        if w < 2:
+            continue
+        a, b = np.triu_indices(int(w), 1)
+        which = np.flatnonzero(ways == w)
+        starts = offsets[which][:, None]
+        firsts.append((starts + a).ravel())
+        seconds.append((starts + b).ravel())
+        tasks.append(np.repeat(which, len(a)))
+    if not firsts:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(tasks)
+
+
+def paired_sq_distances(x: np.ndarray, rows: np.ndarray, y: np.ndarray, cols: np.ndarray,
+                        chunk: int = CHUNK_PAIRS) -> np.ndarray:
+    """Squared distances ``|x[rows[i]] - y[cols[i]]|^2``, in chunks of pairs.
+
+    The squares are summed coordinate by coordinate, in order, as SciPy's ``cdist`` /
+    ``pdist`` do, so the values are the same to the last bit.
+    """
+    out = np.empty(len(rows), dtype=np.float64)
+    for lo in range(0, len(rows), chunk):
+        hi = min(lo + chunk, len(rows))
+        diff = np.asarray(x[rows[lo:hi]], dtype=np.float64) - np.asarray(y[cols[lo:hi]], dtype=np.float64)
+        np.square(diff, out=diff)
+        acc = np.zeros(hi - lo)
+        for column in np.ascontiguousarray(diff.T):
+            acc += column
+        out[lo:hi] = acc
+    return out
+
+
+def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK_KEYS) -> np.ndarray:
+    """(K,) index of each key's nearest centroid, ``chunk`` keys at a time: ``cdist(keys, centroids).argmin(1)``.
+
+    A matrix product ranks the centroids fast (``|c|^2 - 2 x.c``, after centring); the few
+    centroids within its rounding error of the best are then compared by the exact
+    distance, summed as ``cdist`` sums it, ties to the lowest index as ``argmin`` breaks them.
+    """
+    keys = np.asarray(keys, dtype=np.float64)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    out = np.empty(len(keys), dtype=np.int64)
+    if len(centroids) == 0 or len(keys) == 0:
+        return out
+    centre = centroids.mean(axis=0)
+    shifted = centroids - centre
+    norms = (shifted**2).sum(axis=1)
+    scaled = -2.0 * shifted.T
+    for lo in range(0, len(keys), chunk):
+        block = keys[lo : lo + chunk]
+        x = block - centre
+        rank = x @ scaled
+        rank += norms
+        best = rank.min(axis=1)
+        # Rounding of the product form is far below 1e-9 of |x|^2 + |c|^2; anything that close may be the nearest.
+        slack = 1e-9 * ((x**2).sum(axis=1) + norms.max()) + 1e-300
+        rows, cols = np.nonzero(rank <= (best + slack)[:, None])
+        exact = np.sqrt(paired_sq_distances(block, rows, centroids, cols))
+        order = np.lexsort((cols, exact, rows))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = rows[order][1:] != rows[order][:-1]
+        out[lo + rows[order][first]] = cols[order][first]
+    return out
+
+
+def colliding_tasks(nearest: np.ndarray, task_of: np.ndarray, n_tasks: int) -> np.ndarray:
+    """(T,) True for tasks in which two keys share a nearest centroid (a cannot-link violation)."""
+    order = np.lexsort((nearest, task_of))
+    t, c = task_of[order], nearest[order]
+    same = (t[1:] == t[:-1]) & (c[1:] == c[:-1])
+    out = np.zeros(n_tasks, dtype=bool)
+    out[t[1:][same]] = True
+    return out
+
+
+def prune_threshold(hits: np.ndarray, n_ways: int | np.ndarray, std_factor: float) -> float:
     """Hits a centroid must exceed to survive a pass.
 
     Under the null that each accepted task hits each of K centroids with
     probability p = n_ways / K, a centroid's hits are Binomial(accepted tasks, p);
     centroids more than ``std_factor`` standard deviations below the mean are
     spurious. Never below 1: a centroid hit once is never trusted.
+
+    ``n_ways`` is one number for fixed-shape piles, or the (accepted tasks,) ways of
+    each accepted task of a ragged pile: task t hits a centroid with p_t = ways_t / K,
+    so the hits have variance sum_t p_t (1 - p_t) (a Poisson-binomial).
     """
     k = len(hits)
-    p = n_ways / k
-    accepted_tasks = hits.sum() / n_ways
-    std = math.sqrt(max(p * (1 - p) * accepted_tasks, 0.0))
+    if np.ndim(n_ways) == 0:
+        p = n_ways / k
+        accepted_tasks = hits.sum() / n_ways
+        std = math.sqrt(max(p * (1 - p) * accepted_tasks, 0.0))
+    else:
+        p_t = np.asarray(n_ways, dtype=np.float64) / k
+        std = math.sqrt(max(float((p_t * (1 - p_t)).sum()), 0.0))
     return max(float(hits.mean()) - std_factor * std, 1.0)
 
 
 def nearest_distinct(distances: np.ndarray) -> np.ndarray | None:
     """Reference assignment: each key to its nearest centroid; None if two keys collide."""
     choice = distances.argmin(axis=1)
-    return choice if len(np.unique(choice)) == len(choice) else None
+    return choice if len(set(choice.tolist())) == len(choice) else None
+
+
+def cheapest_distinct(cost: np.ndarray) -> np.ndarray:
+    """:func:`matched_distinct`, taking each key's cheapest centroid when those are distinct (then they are the
+    optimal matching) and solving the assignment only when they collide."""
+    choice = nearest_distinct(cost)
+    return matched_distinct(cost) if choice is None else choice
 
 
 def matched_distinct(distances: np.ndarray) -> np.ndarray:
@@ -187,14 +508,82 @@ def effective_dimension(samples: np.ndarray, dof: int) -> float:
     return float(min(max(trace**2 / trace_sq, 1.0), d))
 
 
-def same_class_key_distance(features: np.ndarray) -> float | None:
+def _as_fixed(features: np.ndarray | RaggedFeatures) -> np.ndarray | None:
+    """Item features as a (T, n, m, d) array whenever every class has m items (ragged ones as (1, K, m, d)):
+    the within-class statistics only look at classes, so the fixed-shape code applies unchanged."""
+    if not isinstance(features, RaggedFeatures):
+        return features
+    m = features.uniform_class_size
+    if m is None:
+        return None
+    return features.items.reshape(1, features.n_classes, m, -1)
+
+
+@dataclass(frozen=True)
+class WithinClass:
+    """Pooled within-class statistics of a ragged pile: trace of S, its dof, and mean_k(1 / m_k) over all classes."""
+
+    trace: float
+    dof: int
+    mean_inverse_size: float
+
+
+def _class_means_block(items: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    return np.add.reduceat(items, starts, axis=0, dtype=np.float64) / sizes[:, None]
+
+
+def within_class(features: RaggedFeatures) -> WithinClass | None:
+    """tr(S) pooled over the classes with at least two items (dof sum (m_k - 1)), in blocks of classes;
+    ``None`` when no class has two items."""
+    sizes = features.class_sizes
+    dof = int((sizes[sizes >= 2] - 1).sum())
+    if dof == 0:
+        return None
+    total = 0.0
+    for lo, hi in _class_blocks(features.class_offsets):
+        base = features.class_offsets[lo]
+        block = features.items[base : features.class_offsets[hi]]
+        means = _class_means_block(block, features.class_offsets[lo:hi] - base, sizes[lo:hi])
+        centred = block - np.repeat(means, sizes[lo:hi], axis=0)
+        total += float((centred**2).sum())
+    return WithinClass(total / dof, dof, float((1.0 / sizes).mean()))
+
+
+def _centred_sample(features: RaggedFeatures, max_samples: int, seed: int) -> tuple[np.ndarray, int]:
+    """Items of classes with at least two items, minus their class mean (a random ``max_samples`` of them),
+    and the dof behind them."""
+    sizes = features.class_sizes
+    item_class = np.repeat(np.arange(features.n_classes), sizes)
+    eligible = np.flatnonzero(sizes[item_class] >= 2)
+    dof = int((sizes[sizes >= 2] - 1).sum())
+    if len(eligible) > max_samples:
+        rows = np.sort(np.random.default_rng(seed).choice(len(eligible), max_samples, replace=False))
+        dof = round(dof * max_samples / len(eligible))
+        eligible = eligible[rows]
+    used, inverse = np.unique(item_class[eligible], return_inverse=True)
+    used_sizes = sizes[used]
+    starts = _offsets(used_sizes)
+    # Items of the sampled classes, class after class: their means without touching the other classes.
+    rows = np.repeat(features.class_offsets[used] - starts[:-1], used_sizes) + np.arange(starts[-1])
+    means = _class_means_block(features.items[rows], starts[:-1], used_sizes)
+    return features.items[eligible].astype(np.float64) - means[inverse], dof
+
+
+def same_class_key_distance(features: np.ndarray | RaggedFeatures) -> float | None:
     """Typical distance between two keys of one class, from (T, n_ways, m, d) item features.
 
     A key averages m items, so two keys of one class differ by about
     sqrt(2 tr(Σ) / m), with Σ the within-class covariance; Σ is estimated from
     the items of each local class, which are one class by construction. ``None``
     when m = 1 (no spread inside a one-image class): see :func:`cluster_spread`.
+    Ragged features (classes of m_k items): sqrt(2 tr(Σ) mean_k(1 / m_k)), Σ pooled
+    over the classes with m_k >= 2; ``None`` when there is none.
     """
+    fixed = _as_fixed(features)
+    if fixed is None:
+        stats = within_class(features)
+        return None if stats is None else math.sqrt(2.0 * stats.trace * stats.mean_inverse_size)
+    features = fixed
     m = features.shape[2]
     if m < 2:
         return None
@@ -203,11 +592,17 @@ def same_class_key_distance(features: np.ndarray) -> float | None:
     return math.sqrt(2.0 * within_trace / m)
 
 
-def key_spread(features: np.ndarray, max_samples: int = 20000, seed: int = 0) -> KeySpread | None:
-    """``s`` and D from the spread of the images inside each local class; ``None`` when m = 1."""
+def key_spread(features: np.ndarray | RaggedFeatures, max_samples: int = 20000, seed: int = 0) -> KeySpread | None:
+    """``s`` and D from the spread of the images inside each local class; ``None`` when m = 1 (ragged: when no
+    class has two images)."""
     distance = same_class_key_distance(features)
     if distance is None:
         return None
+    fixed = _as_fixed(features)
+    if fixed is None:
+        centred, dof = _centred_sample(features, max_samples, seed)
+        return KeySpread(distance, effective_dimension(centred, dof), "images")
+    features = fixed
     t, n, m, d = features.shape
     centred = (features - features.mean(axis=2, keepdims=True)).reshape(-1, d)
     dof = t * n * (m - 1)
@@ -217,7 +612,7 @@ def key_spread(features: np.ndarray, max_samples: int = 20000, seed: int = 0) ->
     return KeySpread(distance, effective_dimension(centred.astype(np.float64), dof), "images")
 
 
-def cluster_spread(keys: np.ndarray, assigned: np.ndarray) -> KeySpread | None:
+def cluster_spread(keys: np.ndarray | TaskKeys, assigned: np.ndarray) -> KeySpread | None:
     """``s`` and D from keys around the mean of the keys matched to the same centroid.
 
     For one-image classes. Deviations are taken from each cluster's coordinate-wise
@@ -225,18 +620,20 @@ def cluster_spread(keys: np.ndarray, assigned: np.ndarray) -> KeySpread | None:
     so that keys matched to a wrong centroid (their class had none) do not inflate
     it. ``None`` when no centroid got two keys.
     """
-    flat_keys = keys.reshape(-1, keys.shape[-1]).astype(np.float64)
-    flat = assigned.reshape(-1)
+    flat_keys = keys.keys if isinstance(keys, TaskKeys) else keys.reshape(-1, keys.shape[-1]).astype(np.float64)
+    flat = np.asarray(assigned).reshape(-1)
     ok = flat >= 0
     flat_keys, flat = flat_keys[ok], flat[ok]
     _, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
     # Coordinate-wise median centres: a few keys of another class barely move them (a mean would follow them).
-    centres = np.stack([np.median(flat_keys[inverse == c], axis=0) for c in range(len(sizes))])
+    by_cluster = flat_keys[np.argsort(inverse, kind="stable")]
+    bounds = _offsets(sizes).tolist()
+    centres = np.stack([np.median(by_cluster[bounds[c] : bounds[c + 1]], axis=0) for c in range(len(sizes))])
     residual = flat_keys - centres[inverse]
     useful = sizes[inverse] >= 2
     if useful.sum() < 2:
         return None
-    scale = (sizes[inverse] / (sizes[inverse] - 1.0))[useful]
+    scale = sizes[inverse][useful] / (sizes[inverse][useful] - 1.0)
     squared = (residual[useful] ** 2).sum(-1) * scale
     dim = effective_dimension(residual[useful] * np.sqrt(scale)[:, None], int(useful.sum()))
     # The median of chi^2_D / D is about 1 - 2 / (3 D): undo that shrinkage.
@@ -264,21 +661,48 @@ def debiased_cost(distances: np.ndarray, counts: np.ndarray, key_distance: float
     return distances**2 - 0.5 * key_distance**2 / np.maximum(counts, 1.0)[None, :]
 
 
-def cooccurrence(assigned: np.ndarray, n_centroids: int) -> np.ndarray:
-    """(K, K) boolean: True where two centroids labelled two classes of one task."""
+def _flat_assigned(assigned: np.ndarray, offsets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(T, n_ways) or flat (K,) labels -> flat labels and task offsets."""
+    assigned = np.asarray(assigned)
+    if offsets is not None:
+        flat = assigned.reshape(-1)
+        return flat, _check_offsets(offsets, len(flat), "task", "tasks")
+    if assigned.ndim != 2:
+        raise MelaError(f"flat labels of shape {assigned.shape} need the task offsets to tell the tasks apart; "
+                        "pass task_offsets (or labels of shape (T, n_ways))")
+    t, n = assigned.shape
+    return assigned.reshape(-1), np.arange(t + 1, dtype=np.int64) * n
+
+
+def tasks_kept(assigned: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """(T,) True for the tasks whose every class is labelled (reference mode drops whole tasks)."""
+    flat, offsets = _flat_assigned(assigned, offsets)
+    if len(flat) == 0:
+        return np.zeros(len(offsets) - 1, dtype=bool)
+    return np.minimum.reduceat(flat, offsets[:-1]) >= 0
+
+
+def cooccurrence(assigned: np.ndarray, n_centroids: int, offsets: np.ndarray | None = None) -> np.ndarray:
+    """(K, K) boolean: True where two centroids labelled two classes of one task.
+
+    ``assigned`` is (T, n_ways), or flat (K,) with the task ``offsets``; tasks with an
+    unlabelled class are left out.
+    """
+    flat, offsets = _flat_assigned(assigned, offsets)
     seen = np.zeros((n_centroids, n_centroids), dtype=bool)
-    valid = assigned[(assigned >= 0).all(axis=1)]
-    for a in range(valid.shape[1]):
-        for b in range(valid.shape[1]):
-            if a != b:
-                seen[valid[:, a], valid[:, b]] = True
+    first, second, task = task_pairs(offsets)
+    ok = tasks_kept(flat, offsets)[task]
+    a, b = flat[first[ok]], flat[second[ok]]
+    seen[a, b] = True
+    seen[b, a] = True
     return seen
 
 
-def member_means(keys: np.ndarray, assigned: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def member_means(keys: np.ndarray | TaskKeys, assigned: np.ndarray, centroids: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and number of the keys matched to each centroid (an unmatched centroid keeps its place, count 0)."""
-    flat_keys = keys.reshape(-1, keys.shape[-1]).astype(np.float64)
-    flat = assigned.reshape(-1)
+    flat_keys = keys.keys if isinstance(keys, TaskKeys) else keys.reshape(-1, keys.shape[-1]).astype(np.float64)
+    flat = np.asarray(assigned).reshape(-1)
     ok = flat >= 0
     counts = np.bincount(flat[ok], minlength=len(centroids)).astype(np.float64)
     sums = np.zeros_like(centroids, dtype=np.float64)
@@ -300,11 +724,16 @@ def merge_statistic(centroids: np.ndarray, counts: np.ndarray, key_distance: flo
     return cdist(centroids, centroids, "sqeuclidean") / noise
 
 
-def different_class_sq_distances(keys: np.ndarray) -> np.ndarray:
+def within_task_sq_distances(keys: np.ndarray | TaskKeys) -> np.ndarray:
+    """Squared distances between every two keys of one task (unsorted), from pair index arrays in chunks."""
+    tk, _ = as_task_keys(keys)
+    first, second, _ = task_pairs(tk.offsets)
+    return paired_sq_distances(tk.keys, first, tk.keys, second)
+
+
+def different_class_sq_distances(keys: np.ndarray | TaskKeys) -> np.ndarray:
     """Sorted squared distances between two keys of one task: a sample of certainly-different-class pairs."""
-    if keys.shape[1] < 2:
-        return np.zeros(0)
-    return np.sort(np.concatenate([pdist(task, "sqeuclidean") for task in keys.astype(np.float64)]))
+    return np.sort(within_task_sq_distances(keys))
 
 
 def different_class_chance(observed_sq: np.ndarray, noise: np.ndarray, key_distance: float,
@@ -421,72 +850,78 @@ def merge_threshold(merge_factor: float, effective_dim: float) -> float:
 
 
 def fit_centroids(
-    keys: np.ndarray, config: LabelerConfig, key_distance: float | KeySpread | None = None
+    keys: np.ndarray | TaskKeys, config: LabelerConfig, key_distance: float | KeySpread | None = None
 ) -> Clustering:
-    """Cluster (T, n_ways, d) task keys into global classes; see the module docstring.
+    """Cluster (T, n_ways, d) task keys (or a ragged :class:`TaskKeys`) into global classes; see the module docstring.
 
     ``key_distance`` (improved mode): a :class:`KeySpread` (or a bare same-class key
     distance, taken as high-dimensional); keys farther than ``spawn_factor`` times
     it from every centroid start a new one, and indistinguishable centroids merge.
     ``None`` disables spawning and merging.
     """
-    n_tasks, n_ways, _ = keys.shape
-    keys = keys.astype(np.float64)
+    tk, _ = as_task_keys(keys)
+    flat_keys, n_tasks, n_ways = tk.keys, tk.n_tasks, tk.uniform_ways
     reference = config.mode == "reference"
     if reference:
-        if config.K % n_ways:
-            raise MelaError(f"labeler=reference needs K divisible by n_ways ({config.K} % {n_ways} != 0); "
-                            "change K or use labeler=improved")
-        if config.K // n_ways > n_tasks:
-            raise MelaError(f"labeler=reference needs at least K/n_ways = {config.K // n_ways} tasks to initialise "
-                            f"its centroids but there are {n_tasks}; lower K or use labeler=improved")
-        n_init = config.K // n_ways
-    else:
-        n_init = min(math.ceil(config.K / n_ways), n_tasks)
-    spread = None if reference else as_spread(key_distance, keys.shape[-1])
-    centroids = keys[:n_init].reshape(-1, keys.shape[-1])[: config.K].copy()
+        if n_ways is not None:
+            if config.K % n_ways:
+                raise MelaError(f"labeler=reference needs K divisible by n_ways ({config.K} % {n_ways} != 0); "
+                                "change K or use labeler=improved")
+            if config.K // n_ways > n_tasks:
+                raise MelaError(f"labeler=reference needs at least K/n_ways = {config.K // n_ways} tasks to "
+                                f"initialise its centroids but there are {n_tasks}; lower K or use labeler=improved")
+        elif tk.n_keys < config.K:
+            raise MelaError(f"labeler=reference needs at least K = {config.K} task classes to initialise its "
+                            f"centroids but there are {tk.n_keys}; lower K or use labeler=improved")
+    spread = None if reference else as_spread(key_distance, tk.dim)
+    # The keys of the first tasks until K are collected (for n-way tasks: of the first ceil(K / n) tasks).
+    centroids = flat_keys[: config.K].copy()
     counts = np.zeros(len(centroids))
     far = None if spread is None else config.spawn_factor * spread.distance
     result = Clustering(centroids=centroids, spawn_distance=far, spread=spread)
-    different_sq = different_class_sq_distances(keys) if spread is not None else None
+    different_sq = different_class_sq_distances(tk) if spread is not None else None
+    bounds = tk.offsets.tolist()
+    widest = tk.max_ways
 
     for _ in range(config.max_passes):
         k_before = len(centroids)
         hits = np.zeros(len(centroids))
-        accepted = spawned = 0
-        new_centroids: list[np.ndarray] = []
-        for task in keys:
+        accepted_tasks = np.zeros(n_tasks, dtype=bool)
+        spawned = 0
+        for t in range(n_tasks):
+            task = flat_keys[bounds[t] : bounds[t + 1]]
             distances = cdist(task, centroids)
             if reference:
                 choice = nearest_distinct(distances)
                 if choice is None:
                     continue
             else:
-                cost = distances if spread is None else debiased_cost(distances, counts, spread.distance)
-                choice = matched_distinct(cost)
-            accepted += 1
-            for j, c in enumerate(choice):
-                if far is not None and distances[j, c] > far:
-                    new_centroids.append(task[j])
-                    continue
-                counts[c] += 1
-                centroids[c] += (task[j] - centroids[c]) / counts[c]
-                hits[c] += 1
-            if new_centroids:
-                # Spawned centroids join at once, so later keys of the same class find them.
-                spawned += len(new_centroids)
-                centroids = np.concatenate([centroids, np.stack(new_centroids)])
-                counts = np.concatenate([counts, np.ones(len(new_centroids))])
-                hits = np.concatenate([hits, np.ones(len(new_centroids))])
-                new_centroids = []
+                choice = cheapest_distinct(
+                    distances if spread is None else debiased_cost(distances, counts, spread.distance))
+            accepted_tasks[t] = True
+            # A task's keys go to distinct centroids, so their online updates are independent of each other.
+            if far is not None:
+                new = distances[np.arange(len(choice)), choice] > far
+                if new.any():
+                    # Spawned centroids join at once, so later keys of the same class find them.
+                    spawned += int(new.sum())
+                    centroids = np.concatenate([centroids, task[new]])
+                    counts = np.concatenate([counts, np.ones(int(new.sum()))])
+                    hits = np.concatenate([hits, np.ones(int(new.sum()))])
+                    choice, task = choice[~new], task[~new]
+            counts[choice] += 1
+            centroids[choice] += (task - centroids[choice]) / counts[choice][:, None]
+            hits[choice] += 1
+        accepted = int(accepted_tasks.sum())
         k_merged = len(centroids)
         if spread is not None:
             # Merge before pruning, so a class split over two centroids pools its hits instead of losing both.
-            centroids, counts, hits = merge_pass(keys, centroids, hits, spread, different_sq, config)
+            centroids, counts, hits = merge_pass(tk, centroids, hits, spread, different_sq, config)
         k_merged -= len(centroids)
-        threshold = prune_threshold(hits, n_ways, config.std_factor)
+        threshold = prune_threshold(hits, n_ways if n_ways is not None else tk.ways[accepted_tasks],
+                                    config.std_factor)
         keep = hits > threshold
-        if keep.sum() < n_ways:
+        if keep.sum() < widest:
             if reference:
                 raise MelaError(
                     f"pruning removed all but {int(keep.sum())} of {len(hits)} centroids (threshold {threshold:.2f} "
@@ -509,17 +944,18 @@ def fit_centroids(
 
 
 def merge_pass(
-    keys: np.ndarray, centroids: np.ndarray, hits: np.ndarray, spread: KeySpread, different_sq: np.ndarray,
-    config: LabelerConfig,
+    keys: np.ndarray | TaskKeys, centroids: np.ndarray, hits: np.ndarray, spread: KeySpread,
+    different_sq: np.ndarray, config: LabelerConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Match every task, re-estimate centroids as member means, merge indistinguishable ones.
 
     Returns centroids, their key counts (at least 1) and their pooled hits. When
     nothing merges the centroids keep their running means.
     """
-    assigned = label_tasks(keys, centroids, "improved")
-    means, members = member_means(keys, assigned, centroids)
-    apart = cooccurrence(assigned, len(centroids))
+    tk, _ = as_task_keys(keys)
+    assigned = label_tasks(tk, centroids, "improved")
+    means, members = member_means(tk, assigned, centroids)
+    apart = cooccurrence(assigned, len(centroids), tk.offsets)
     z_max = merge_threshold(config.merge_factor, spread.effective_dim)
     groups: list[list[int]] = []
     # Splitting one class can put its two halves' means up to about 2 sds apart along the split direction,
@@ -535,14 +971,16 @@ def merge_pass(
     return merged, np.maximum(merged_members, 1.0), pooled
 
 
-def cluster_features(features: np.ndarray, config: LabelerConfig) -> Clustering:
-    """Cluster (T, n_ways, m, d) item features: what learn_labeler runs.
+def cluster_features(features: np.ndarray | RaggedFeatures, config: LabelerConfig,
+                     keys: np.ndarray | TaskKeys | None = None) -> Clustering:
+    """Cluster (T, n_ways, m, d) item features (or :class:`RaggedFeatures`): what learn_labeler runs.
 
     Improved mode measures the key spread from the images of each local class, or,
     with one image per class, from a first clustering without spawning or merging
     (:func:`cluster_spread`), then clusters with it. Reference mode uses no spread.
+    ``keys``: the features' :func:`task_keys`, when the caller has them already.
     """
-    keys = task_keys(features)
+    keys = task_keys(features) if keys is None else keys
     if config.mode == "reference":
         return fit_centroids(keys, config)
     spread = key_spread(features)
@@ -554,21 +992,38 @@ def cluster_features(features: np.ndarray, config: LabelerConfig) -> Clustering:
     return fit_centroids(keys, config, spread)
 
 
-def label_tasks(keys: np.ndarray, centroids: np.ndarray, mode: str = "improved") -> np.ndarray:
+def label_tasks(keys: np.ndarray | TaskKeys, centroids: np.ndarray, mode: str = "improved",
+                chunk: int = CHUNK_KEYS) -> np.ndarray:
     """(T, n_ways) centroid index of each task class; rows of -1 for tasks the labeler drops.
 
+    Ragged keys give flat (K,) labels, -1 for the classes of a dropped task.
     ``reference`` drops tasks whose keys collide on one centroid; ``improved``
-    matches every task one-to-one, so none is dropped.
+    matches every task one-to-one, so none is dropped. Each key's nearest centroid
+    comes from distances computed ``chunk`` keys at a time; only the tasks whose
+    nearest centroids collide need the optimal matching.
     """
-    labels = np.full(keys.shape[:2], -1, dtype=np.int64)
-    if len(centroids) < keys.shape[1]:
-        raise MelaError(f"{len(centroids)} centroids cannot label {keys.shape[1]}-way tasks; lower std_factor")
-    for t, task in enumerate(keys):
-        distances = cdist(task, centroids)
-        choice = nearest_distinct(distances) if mode == "reference" else matched_distinct(distances)
-        if choice is not None:
-            labels[t] = choice
-    return labels
+    tk, shape = as_task_keys(keys)
+    if len(centroids) < tk.max_ways:
+        raise MelaError(f"{len(centroids)} centroids cannot label {tk.max_ways}-way tasks; lower std_factor")
+    labels = nearest_centroids(tk.keys, centroids, chunk)
+    collide = colliding_tasks(labels, tk.task_of, tk.n_tasks)
+    if mode == "reference":
+        labels[collide[tk.task_of]] = -1
+    else:
+        for t in np.flatnonzero(collide).tolist():
+            lo, hi = tk.offsets[t], tk.offsets[t + 1]
+            labels[lo:hi] = matched_distinct(cdist(tk.keys[lo:hi], centroids))
+    return _shaped(labels, shape)
+
+
+def key_distances(keys: np.ndarray | TaskKeys, centroids: np.ndarray, assigned: np.ndarray) -> np.ndarray:
+    """Each key's distance to the centroid it is labelled with (NaN where unlabelled), shaped like ``assigned``."""
+    tk, _ = as_task_keys(keys)
+    flat = np.asarray(assigned).reshape(-1)
+    ok = np.flatnonzero(flat >= 0)
+    out = np.full(len(flat), np.nan)
+    out[ok] = np.sqrt(paired_sq_distances(tk.keys, ok, np.asarray(centroids, dtype=np.float64), flat[ok]))
+    return out.reshape(np.shape(assigned))
 
 
 def with_singletons(assigned: np.ndarray) -> np.ndarray:
@@ -580,41 +1035,50 @@ def with_singletons(assigned: np.ndarray) -> np.ndarray:
     return flat
 
 
-def clustering_report(assigned: np.ndarray, true_classes: np.ndarray) -> dict:
+def clustering_report(assigned: np.ndarray, true_classes: np.ndarray, task_offsets: np.ndarray | None = None) -> dict:
     """How inferred clusters line up with the true classes (diagnostics only).
 
     Args:
-        assigned: (T, n_ways) cluster of each task class, -1 where the task was dropped.
-        true_classes: (T, n_ways) true global class of each task class.
+        assigned: (T, n_ways) cluster of each task class, -1 where the task was dropped;
+            or flat (K,) for a ragged pile, with ``task_offsets``.
+        true_classes: true global class of each task class, shaped like ``assigned`` (or flat).
+        task_offsets: (T + 1,) task offsets of flat labels.
 
     ``clustering_accuracy`` maps each cluster to its majority true class and counts
     a task class right when its cluster maps to its true class; dropped ones count wrong.
     ``ari``, ``nmi`` and ``purity`` score the partition in which each dropped task class
     is a cluster of its own (``clusters_with_unassigned`` counts those too).
     """
-    flat_assigned, flat_true = assigned.ravel(), true_classes.ravel()
+    flat_assigned, offsets = _flat_assigned(assigned, task_offsets)
+    flat_true = np.asarray(true_classes).reshape(-1)
+    if len(flat_true) != len(flat_assigned):
+        raise MelaError(f"{len(flat_true)} true classes for {len(flat_assigned)} task classes; give one per task "
+                        "class, in the order of the labels")
     kept = flat_assigned >= 0
-    majority: dict[int, int] = {}
-    classes_per_cluster, clusters_per_class = {}, {}
-    for cluster in np.unique(flat_assigned[kept]):
-        members = flat_true[flat_assigned == cluster]
-        values, counts = np.unique(members, return_counts=True)
-        majority[int(cluster)] = int(values[counts.argmax()])
-        classes_per_cluster[int(cluster)] = len(values)
-    for cls in np.unique(flat_true[kept]):
-        clusters_per_class[int(cls)] = len(np.unique(flat_assigned[kept & (flat_true == cls)]))
-    correct = np.array([a >= 0 and majority[int(a)] == t for a, t in zip(flat_assigned, flat_true, strict=True)])
-    n_true = len(np.unique(flat_true))
-    partition = with_singletons(assigned)
+    clusters, cluster_code = np.unique(flat_assigned[kept], return_inverse=True)
+    classes, class_code = np.unique(flat_true[kept], return_inverse=True)
+    # Distinct (cluster, class) pairs and how many task classes each holds.
+    pair, size = np.unique(cluster_code * max(len(classes), 1) + class_code, return_counts=True)
+    pair_cluster, pair_class = pair // max(len(classes), 1), pair % max(len(classes), 1)
+    # Majority class of each cluster: the most members, the smallest class on ties.
+    order = np.lexsort((pair_class, -size, pair_cluster))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pair_cluster[order][1:] != pair_cluster[order][:-1]
+    majority = np.empty(len(clusters), dtype=np.int64)
+    majority[pair_cluster[order][first]] = pair_class[order][first]
+    correct = np.zeros(len(flat_assigned), dtype=bool)
+    correct[kept] = majority[cluster_code] == class_code
+    partition = with_singletons(flat_assigned)
+    kept_tasks = tasks_kept(flat_assigned, offsets)
     return {
-        "clusters": len(majority),
-        "true_classes": n_true,
+        "clusters": len(clusters),
+        "true_classes": len(np.unique(flat_true)),
         "clustering_accuracy": float(correct.mean()) if len(correct) else 0.0,
-        "tasks_kept": int((assigned >= 0).all(axis=1).sum()),
-        "tasks_total": int(len(assigned)),
-        "true_classes_found": len(set(majority.values())),
-        "classes_split_over_clusters": int(sum(v > 1 for v in clusters_per_class.values())),
-        "clusters_mixing_classes": int(sum(v > 1 for v in classes_per_cluster.values())),
+        "tasks_kept": int(kept_tasks.sum()),
+        "tasks_total": int(len(kept_tasks)),
+        "true_classes_found": len(np.unique(majority)),
+        "classes_split_over_clusters": int((np.bincount(pair_class, minlength=len(classes)) > 1).sum()),
+        "clusters_mixing_classes": int((np.bincount(pair_cluster, minlength=len(clusters)) > 1).sum()),
         "clusters_with_unassigned": int(len(np.unique(partition))),
         "ari": float(adjusted_rand_score(flat_true, partition)),
         "nmi": float(normalized_mutual_info_score(flat_true, partition)),
@@ -634,7 +1098,8 @@ def purity(clusters: np.ndarray, true_classes: np.ndarray) -> float:
 
 
 def key_diagnostics(
-    keys: np.ndarray, centroids: np.ndarray, spread: KeySpread | float | None, max_pairs_keys: int = 4000
+    keys: np.ndarray | TaskKeys, centroids: np.ndarray, spread: KeySpread | float | None, max_pairs_keys: int = 4000,
+    chunk: int = CHUNK_KEYS,
 ) -> dict:
     """Label-free reliability of the inferred labels; ``warning`` is a sentence or ``None``.
 
@@ -648,17 +1113,18 @@ def key_diagnostics(
     - ``nearest_key_same_task_rate``: fraction of keys whose nearest other key is in their
       own task, over what chance would give (1 means the geometry knows nothing of tasks).
     """
-    t, n, d = keys.shape
-    keys = keys.astype(np.float64)
-    spread = as_spread(spread, d)
-    if spread is None and len(centroids) >= n:  # one-image classes: measure it around the centroids
-        spread = cluster_spread(keys, label_tasks(keys, centroids, "improved"))
-    within = np.concatenate([pdist(task) for task in keys]) if n > 1 else np.zeros(0)
+    tk, _ = as_task_keys(keys)
+    spread = as_spread(spread, tk.dim)
+    if spread is None and len(centroids) >= tk.max_ways:  # one-image classes: measure it around the centroids
+        spread = cluster_spread(tk, label_tasks(tk, centroids, "improved", chunk))
+    within = np.sqrt(within_task_sq_distances(tk))
     different = float(np.median(within)) if len(within) else float("nan")
-    collisions = float(np.mean([nearest_distinct(cdist(task, centroids)) is None for task in keys])) if len(
-        centroids) else 1.0
-    flat = keys.reshape(-1, d)
-    task_of = np.repeat(np.arange(t), n)
+    if len(centroids):
+        collisions = float(colliding_tasks(nearest_centroids(tk.keys, centroids, chunk), tk.task_of,
+                                           tk.n_tasks).mean())
+    else:
+        collisions = 1.0
+    flat, task_of = tk.keys, tk.task_of
     if len(flat) > max_pairs_keys:
         rows = np.random.default_rng(0).choice(len(flat), max_pairs_keys, replace=False)
         flat, task_of = flat[rows], task_of[rows]

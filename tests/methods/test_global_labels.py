@@ -1,0 +1,88 @@
+"""From features to global labels in one call, on fixed-shape and ragged piles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from mela.errors import MelaError
+from mela.methods.global_labels import GlobalLabels, infer_global_labels
+from mela.methods.labeler import LabelerConfig, RaggedFeatures
+
+
+def _fixed_pile(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(60, 4, 3, 8) features of 15 well separated classes and their (60, 4) true classes."""
+    rng = np.random.default_rng(seed)
+    means = 6.0 * rng.normal(size=(15, 8)) / math.sqrt(8)
+    true = np.stack([rng.choice(15, 4, replace=False) for _ in range(60)])
+    return means[true][:, :, None] + rng.normal(size=(60, 4, 3, 8)) / math.sqrt(8), true
+
+
+def _ragged_pile(seed: int) -> tuple[RaggedFeatures, np.ndarray]:
+    """Tasks of 2-6 ways, classes of 1-4 items, 15 well separated classes; flat true classes."""
+    rng = np.random.default_rng(seed)
+    means = 6.0 * rng.normal(size=(15, 8)) / math.sqrt(8)
+    ways = rng.integers(2, 7, 80)
+    true = np.concatenate([rng.choice(15, w, replace=False) for w in ways])
+    sizes = rng.integers(1, 5, len(true))
+    items = means[np.repeat(true, sizes)] + rng.normal(size=(sizes.sum(), 8)) / math.sqrt(8)
+    return RaggedFeatures(items, np.r_[0, np.cumsum(sizes)], np.r_[0, np.cumsum(ways)]), true
+
+
+def test_ragged_pile_gets_flat_labels_with_task_offsets_and_recovers_its_classes() -> None:
+    features, true = _ragged_pile(1)
+    labels = infer_global_labels(features, LabelerConfig(K=40))
+    assert labels.ragged and labels.assigned.shape == (features.n_classes,)
+    np.testing.assert_array_equal(labels.task_offsets, features.task_offsets)
+    report = labels.report(true)
+    assert report["ari"] == pytest.approx(adjusted_rand_score(true, labels.assigned), abs=1e-12)
+    assert report["ari"] >= 0.95 and report["clusters"] == 15
+    assert report["tasks_kept"] == report["tasks_total"] == features.n_tasks
+    assert labels.warning is None
+
+
+def test_key_distances_are_each_class_means_distance_to_its_centroid() -> None:
+    features, _ = _ragged_pile(2)
+    labels = infer_global_labels(features, LabelerConfig(K=40))
+    keys = np.stack([features.items[lo:hi].mean(axis=0)
+                     for lo, hi in zip(features.class_offsets[:-1], features.class_offsets[1:], strict=True)])
+    expected = np.linalg.norm(keys - labels.centroids[labels.assigned], axis=1)
+    np.testing.assert_allclose(labels.key_distances, expected, rtol=1e-10)
+    # Keys average 1-4 images of unit trace: well within a few same-class key distances of their centroid.
+    assert labels.key_distances.max() < 3 * labels.diagnostics["same_class_key_distance"]
+
+
+def test_fixed_and_ragged_forms_of_one_pile_give_identical_global_labels() -> None:
+    features, true = _fixed_pile(3)
+    for mode, K in (("improved", 20), ("reference", 16)):
+        fixed = infer_global_labels(features, LabelerConfig(K=K, mode=mode))
+        ragged = infer_global_labels(RaggedFeatures.from_array(features), LabelerConfig(K=K, mode=mode))
+        np.testing.assert_array_equal(fixed.centroids, ragged.centroids)
+        np.testing.assert_array_equal(fixed.assigned.ravel(), ragged.assigned)
+        np.testing.assert_array_equal(fixed.key_distances.ravel(), ragged.key_distances)
+        assert fixed.key_distances.shape == fixed.assigned.shape and fixed.task_offsets is None
+        assert fixed.passes == ragged.passes
+        assert fixed.report(true) == ragged.report(true.ravel()) == fixed.report(true.ravel())
+
+
+def test_reference_mode_report_counts_the_ragged_tasks_it_dropped_and_nan_distances_there() -> None:
+    assigned = np.array([0, 1, -1, -1, -1, 2, 0])
+    labels = GlobalLabels(np.zeros((3, 2)), assigned, task_offsets=np.array([0, 2, 5, 7]),
+                          key_distances=np.where(assigned >= 0, 0.5, np.nan))
+    report = labels.report(np.array([5, 6, 7, 8, 9, 7, 5]))
+    assert (report["tasks_kept"], report["tasks_total"]) == (2, 3)
+    assert report["clusters_with_unassigned"] == 6  # 3 clusters + the dropped task's 3 classes
+    np.testing.assert_array_equal(labels.class_labels, [0, 1, -1, -1, -1, 2, 0])
+    np.testing.assert_array_equal(labels.item_labels(np.array([0, 2, 3, 4, 5, 6, 8, 9])),
+                                  [0, 0, 1, -1, -1, -1, 2, 2, 0])
+
+
+def test_labelled_items_refuses_a_ragged_pile_and_item_labels_a_mismatched_one_with_one_line() -> None:
+    labels = GlobalLabels(np.zeros((2, 2)), np.array([0, 1, 1, 0]), task_offsets=np.array([0, 2, 4]))
+    with pytest.raises(MelaError, match="use item_labels"):
+        labels.labelled_items(np.zeros((2, 2, 1), dtype=int))
+    with pytest.raises(MelaError, match="describe 2 classes but the labels cover 4"):
+        labels.item_labels(np.array([0, 1, 2]))
