@@ -14,6 +14,8 @@ The public API (see :mod:`mela.api` and the README's "From Python"):
 ``pretrain``           step 2b: supervised pre-training on inferred (or true) labels
 ``evaluate``           few-shot test accuracy with 95 % CIs -> [:class:`ShotResult`]
 ``run_pipeline``       every step, as ``mela pipeline`` -> :class:`PipelineResult`
+``open_tasks``         your locally labelled tasks (folder, manifest or pairs) -> :class:`TaskDataset`
+``evaluate_tasks``     accuracy inside held-out tasks -> :class:`TasksResult`
 =====================  ===================================================================
 
 Names are imported on first use, so ``import mela`` stays light.
@@ -29,7 +31,9 @@ from mela._version import __version__
 _API = {name: module for module, names in {
     "mela.api": ["open_dataset", "load_dataset", "create_model", "load_model", "meta_train", "label_pile",
                  "task_features", "infer_global_labels", "pretrain", "evaluate", "run_pipeline", "TrainResult",
-                 "ShotResult", "PipelineResult"],
+                 "ShotResult", "PipelineResult", "open_tasks", "evaluate_tasks", "TasksResult"],
+    "mela.data.task_dataset": ["TaskDataset"],
+    "mela.data.tasks": ["TaskCollection"],
     "mela.methods.global_labels": ["GlobalLabels"],
     "mela.methods.labeler": ["LabelerConfig"],
     "mela.data.base": ["ImageSplit"],
@@ -40,8 +44,9 @@ _API = {name: module for module, names in {
 }.items() for name in names}
 __all__ = [
     "Dataset", "EvalProtocol", "GlobalLabels", "ImageSplit", "LabelerConfig", "MelaError", "PipelineResult",
-    "ShotResult", "TaskShape", "TrainResult", "create_model", "evaluate", "infer_global_labels", "label_pile",
-    "load_dataset", "load_model", "meta_train", "open_dataset", "pretrain", "run_pipeline", "task_features",
+    "ShotResult", "TaskCollection", "TaskDataset", "TaskShape", "TasksResult", "TrainResult", "create_model",
+    "evaluate", "evaluate_tasks", "infer_global_labels", "label_pile", "load_dataset", "load_model", "meta_train",
+    "open_dataset", "open_tasks", "pretrain", "run_pipeline", "task_features",
     "__version__",
 ]
 
@@ -49,15 +54,18 @@ if TYPE_CHECKING:
     from mela.api import (
         PipelineResult,
         ShotResult,
+        TasksResult,
         TrainResult,
         create_model,
         evaluate,
+        evaluate_tasks,
         infer_global_labels,
         label_pile,
         load_dataset,
         load_model,
         meta_train,
         open_dataset,
+        open_tasks,
         pretrain,
         run_pipeline,
         task_features,
@@ -65,6 +73,8 @@ if TYPE_CHECKING:
     from mela.data.base import ImageSplit
     from mela.data.registry import Dataset
     from mela.data.samplers import TaskShape
+    from mela.data.task_dataset import TaskDataset
+    from mela.data.tasks import TaskCollection
     from mela.errors import MelaError
     from mela.methods.evaluator import EvalProtocol
     from mela.methods.global_labels import GlobalLabels

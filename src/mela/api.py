@@ -27,13 +27,17 @@ from mela.data.base import ImageSplit
 from mela.data.registry import Dataset, DatasetRef
 from mela.data.registry import open_dataset as _open_dataset
 from mela.data.samplers import TaskShape, labeling_pile
+from mela.data.task_dataset import TaskDataset, TaskSplitSettings, open_task_dataset
+from mela.data.tasks import TaskCollection, from_pairs
 from mela.device import pick_device
 from mela.engine.checkpoint import load_feature_model
 from mela.engine.episodic import EpisodicSettings, RidgeLossSettings, train_episodic
 from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import OptimSettings, ReportSettings, TrainOutcome, ValidationSettings
 from mela.errors import MelaError
-from mela.methods.evaluator import EvalProtocol, evaluate_model
+from mela.methods.collection_labels import collection_image_features, ragged_features
+from mela.methods.collection_labels import labelled_items as collection_labelled_items
+from mela.methods.evaluator import EvalProtocol, evaluate_collection, evaluate_model
 from mela.methods.global_labels import GlobalLabels, pile_features
 from mela.methods.global_labels import infer_global_labels as _infer_from_features
 from mela.methods.labeler import LabelerConfig
@@ -48,8 +52,10 @@ def _device(device: DeviceLike) -> torch.device:
     return device if isinstance(device, torch.device) else pick_device(str(device or "auto"))
 
 
-def _dataset(dataset: Dataset | str, workspace: str | None = None) -> Dataset:
-    return dataset if isinstance(dataset, Dataset) else open_dataset(dataset, workspace=workspace)
+def _dataset(dataset: Dataset | TaskDataset | str, workspace: str | None = None) -> Dataset | TaskDataset:
+    if isinstance(dataset, (Dataset, TaskDataset)):
+        return dataset
+    return open_dataset(dataset, workspace=workspace)
 
 
 def _quiet(_message: str) -> None:
@@ -65,6 +71,22 @@ def open_dataset(name: str = "glyphs", *, workspace: str | None = None, path: st
     """
     ref = DatasetRef(name, path, split_file, image_size, seed)
     return _open_dataset(ref, data_dir(workspace_root(workspace)))
+
+
+def open_tasks(source: str | Path | Sequence[tuple], *, truth: str | Path | None = None, image_size: int | None = None,
+               skip_bad_tasks: bool = False, holdout: float = 0.1, val: float = 0.05, seed: int = 0) -> TaskDataset:
+    """Your locally labelled tasks, ready for every function below (``dataset=tasks`` on the command line).
+
+    ``source`` is a folder ``TASKS/<task>/<local class>/<images>``, a manifest ``.csv`` (``path,task,local_label``)
+    or a list of ``(images, local_labels)`` pairs (optionally ``(images, local_labels, global_labels)`` to score
+    the labeler). The tasks are shared out from ``seed``: ``holdout`` of them for :func:`evaluate_tasks`,
+    ``val`` of the rest to validate training, the others to train and label.
+    """
+    shares = TaskSplitSettings(holdout, val, seed)
+    if isinstance(source, (str, Path)):
+        return open_task_dataset(str(source), image_size=image_size, truth=None if truth is None else str(truth),
+                                 skip_bad_tasks=skip_bad_tasks, settings=shares)
+    return TaskDataset(from_pairs(list(source), image_size=image_size, skip_bad_tasks=skip_bad_tasks), shares)
 
 
 def load_dataset(name: str = "glyphs", split: str = "train", **options: object) -> ImageSplit:
@@ -150,7 +172,9 @@ def meta_train(
     """Step 1: train ``model`` with the ridge meta-learner on locally labelled tasks of the train split.
 
     Tasks are ``n_ways``-way with ``n_shots`` + ``n_queries`` images per class; validation on the val split
-    picks the returned weights (best at the largest of ``val_shots``). ``settings`` overrides every keyword.
+    picks the returned weights (best at the largest of ``val_shots``). On a task collection (:func:`open_tasks`)
+    its training tasks are used as given (the task shape does not apply) and its val tasks validate.
+    ``settings`` overrides every keyword.
     ``run_dir`` keeps the checkpoints there (and resumes from them), with metrics.csv and learning_curves.png;
     otherwise nothing is written.
     """
@@ -163,7 +187,7 @@ def meta_train(
             augment=AugmentSettings(data_aug, hflip), loss=RidgeLossSettings(), no_replacement=no_replacement,
             fixed_db=True, train_db_size=train_db_size, tasks_per_step=tasks_per_step, seed=seed,
             report=_report(run_dir))
-    train, val = data.split("train"), data.split("val")
+    train, val = data.episode_data("train"), data.episode_data("val")
     return _train_in(run_dir, device, lambda folder: train_episodic(
         model, train, val, data.mean, data.std, settings, device, folder, log or _quiet,
         {"step": "learn_meta_repr", "dataset": data.name})[0])
@@ -207,7 +231,17 @@ def infer_global_labels(
         centroids: reuse fitted (K, d) centroids instead of clustering.
 
     Returns a :class:`GlobalLabels`: ``centroids``, ``assigned`` (T, n_ways) and ``report(true_classes)``.
+    With a task collection as ``dataset`` (and a model), its training tasks are labelled as given: ``assigned``
+    has one entry per task class of ``dataset.tasks("train")``.
     """
+    if isinstance(dataset, TaskDataset):
+        if not isinstance(features_or_model, torch.nn.Module):
+            raise MelaError("infer_global_labels on a task collection takes the model that computes its features")
+        device = _device(device)
+        train = dataset.tasks("train")
+        image_features = collection_image_features(features_or_model.to(device), train, dataset.mean, dataset.std,
+                                                   device)
+        return _infer_from_features(ragged_features(train, image_features), labeler or LabelerConfig(), centroids)
     features = features_or_model
     if isinstance(features_or_model, torch.nn.Module):
         if tasks is None or dataset is None:
@@ -243,11 +277,21 @@ def pretrain(
     """Step 2b: supervised pre-training on the inferred ``labels`` of ``tasks`` (the oracle when both are None).
 
     ``labels`` and ``tasks`` come from :func:`infer_global_labels` and :func:`label_pile`; without them the
-    train split's true labels are used (``mela sup-baseline``).
+    train split's true labels are used (``mela sup-baseline``). On a task collection ``tasks`` is not needed.
     """
     data, device = _dataset(dataset), _device(device)
-    train, val = data.split("train"), data.split("val")
-    if labels is None:
+    train, val = data.episode_data("train"), data.episode_data("val")
+    if isinstance(train, TaskCollection):
+        if labels is None:
+            if train.class_truth is None:
+                raise MelaError("pretrain without labels trains on the true labels, and this task collection has "
+                                "none: pass the labels from infer_global_labels")
+            item_images, label_sets = train.item_image, [np.unique(train.class_truth[train.item_class],
+                                                                   return_inverse=True)[1]]
+        else:
+            item_images, inferred = collection_labelled_items(train, labels)
+            label_sets = [inferred]
+    elif labels is None:
         item_images, label_sets = train.item_images(), [train.labels]
     else:
         if tasks is None:
@@ -305,6 +349,34 @@ def evaluate(
 
 
 @dataclass(frozen=True)
+class TasksResult:
+    """Accuracy (%) inside held-out tasks: mean, 95 % CI half-width, tasks scored, and what was not scored."""
+
+    acc: float
+    ci: float
+    n_tasks: int
+    unscored_classes: int
+    unscored_tasks: int
+
+    def __str__(self) -> str:
+        return f"held-out tasks: {self.acc:.2f} ± {self.ci:.2f} % ({self.n_tasks} tasks)"
+
+
+def evaluate_tasks(model: torch.nn.Module, dataset: TaskDataset, part: str = "test", *, shots: int | None = None,
+                   protocol: EvalProtocol | None = None, seed: int = 0, device: DeviceLike = None) -> TasksResult:
+    """Accuracy inside each task of ``part`` (held-out ``test`` by default), with the task's own images.
+
+    Each class's images are split into support (``shots`` of them, at most all but one; None: half) and query;
+    single-image classes stay in the support and are not scored.
+    """
+    device = _device(device)
+    result = evaluate_collection(model.to(device), dataset.tasks(part), [shots], protocol or EvalProtocol(),
+                                 dataset.mean, dataset.std, device, seed=seed)[0]
+    return TasksResult(result.accuracy.acc, result.accuracy.ci, result.accuracy.n_tasks, result.unscored_classes,
+                       result.unscored_tasks)
+
+
+@dataclass(frozen=True)
 class PipelineResult:
     """What ``mela pipeline`` reports: accuracy rows per model and shot count, the labeler summary, where."""
 
@@ -318,12 +390,16 @@ class PipelineResult:
 
         return results_table(self.rows)
 
-    def accuracy(self, model: str, shots: int) -> tuple[float, float]:
-        """(mean, 95 % CI half-width) of ``model`` (meta_repr, mela, mela_finetune, oracle) at ``shots``."""
+    def accuracy(self, model: str, shots: int | str) -> tuple[float, float]:
+        """(mean, 95 % CI half-width) of ``model`` (meta_repr, mela, mela_finetune, oracle) at ``shots``, or in
+        the column ``shots`` names (``"held-out tasks"``, ``"glyphs 5-shot"``)."""
+        from mela.reporting.columns import row_column
+
         for row in self.rows:
-            if row["model"] == model and row["shots"] == shots:
+            plain = not row.get("column") and row["shots"] == shots
+            if row["model"] == model and (plain or row_column(row) == shots):
                 return row["acc"], row["ci"]
-        raise MelaError(f"no result for model {model} at {shots} shots")
+        raise MelaError(f"no result for model {model} at {shots}")
 
 
 def _override_value(value: object) -> str:

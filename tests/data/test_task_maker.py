@@ -128,3 +128,16 @@ def test_mela_tasks_make_writes_a_loadable_collection_and_info_describes_it(
     assert parse_range("3-8") == (3, 8) and parse_range("5") == (5, 5)
     with pytest.raises(MelaError, match="not a range"):
         parse_range("3-x")
+
+
+def test_a_heavy_load_still_spreads_recurrences_over_the_whole_range_and_fills_every_slot() -> None:
+    from mela.data.task_maker import fit_recurrences
+
+    # The glyph case: 355 classes must fill 5,468 task classes with recurrences in 1-30 (mean about 15).
+    caps = np.full(355, 30)
+    out = fit_recurrences(5468, caps, 1, np.random.default_rng(0))
+    assert out.sum() == 5468
+    assert out.min() <= 2 and out.max() == 30
+    # A lighter load leaves more classes rare: the median recurrence drops.
+    lighter = fit_recurrences(3000, caps, 1, np.random.default_rng(0))
+    assert lighter.sum() == 3000 and np.median(lighter) < np.median(out)

@@ -10,8 +10,8 @@ What is drawn, all from one seed:
 - how often each global class recurs over the collection: classes, in a random order, each draw a
   recurrence in ``recur`` with probability proportional to 1 / r (most classes rare, a few frequent) until
   the task classes are filled, so a small collection uses a subset of the classes; when even all classes
-  fall short, all are used with Zipf-like weights (1 / rank) scaled and clipped into ``recur``, the skew
-  the load allows;
+  fall short, all are used, spread over the whole of ``recur`` (the rarest class at its low end, the most
+  frequent at its high end) with as many rare classes as the load allows;
 - which classes share a task: the class slots are shuffled and dealt out, then any task holding a class
   twice swaps it with another task;
 - local names: each task names its classes in one of a few schemes ("0", "1", ...; "a", "b", ...;
@@ -89,8 +89,8 @@ def fit_recurrences(n_slots: int, caps: np.ndarray, low: int, rng: np.random.Gen
     """Per class, how many tasks use it (0: unused), each in [low, caps[c]], summing to ``n_slots``.
 
     Classes in a random order each draw a recurrence from P(r) ~ 1 / r until the slots are filled (the
-    last draws are trimmed). When all classes together fall short, every class is used with Zipf-like
-    weights (1 / rank) scaled and clipped into [low, cap] to fill the slots: the skew the load allows.
+    last draws are trimmed). When all classes together fall short, every class is used, spread over the
+    whole range [low, cap] with as many rare classes as the slots allow (a power of the rank; see below).
     """
     eligible = np.flatnonzero(caps >= low)
     if caps[eligible].sum() < n_slots:
@@ -108,16 +108,20 @@ def fit_recurrences(n_slots: int, caps: np.ndarray, low: int, rng: np.random.Gen
     if total < n_slots:
         out[:] = 0
         cap = caps[order].astype(np.int64)
-        weight = 1.0 / (np.arange(len(order)) + 1.0)
+        high = int(cap.max())
+        # Spread the classes over the whole range: rank i gets low + (high - low) * q_i ** a, q_i from 1 down to
+        # 0, so the most frequent class recurs about ``high`` times and the rarest ``low``; the exponent a
+        # (larger: more rare classes) is the largest that still fills the slots.
+        quantile = 1.0 - (np.arange(len(order)) + 0.5) / len(order)
 
-        def filled(scale: float) -> int:
-            return int(np.clip(np.round(scale * weight), low, cap).sum())
+        def filled(exponent: float) -> int:
+            return int(np.clip(np.round(low + (high - low) * quantile**exponent), low, cap).sum())
 
-        lo, hi = 0.0, float(n_slots)
-        for _ in range(100):  # bisection on the scale: filled() is monotone in it
+        lo, hi = -12.0, 12.0  # log2 of the exponent; filled() decreases as it grows
+        for _ in range(100):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if filled(mid) < n_slots else (lo, mid)
-        out[order] = np.clip(np.round(hi * weight), low, cap)
+            lo, hi = (mid, hi) if filled(2.0**mid) >= n_slots else (lo, mid)
+        out[order] = np.clip(np.round(low + (high - low) * quantile ** (2.0**lo)), low, cap)
     while out.sum() > n_slots:  # trim the overshoot: one from a random class above the floor, else drop a class
         above = np.flatnonzero(out > low)
         if len(above):

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mela.data.tasks import TaskCollection, class_means
+from mela.data.tasks import TaskCollection
 from mela.jsonio import write_json_atomic
 from mela.methods.evaluator import extract_features
+from mela.methods.global_labels import GlobalLabels
 from mela.methods.labeler import RaggedFeatures
 
 GLOBAL_LABELS_FILE = "global_labels.csv"
@@ -39,22 +40,11 @@ def ragged_features(collection: TaskCollection, image_features: np.ndarray) -> R
     return RaggedFeatures(image_features[collection.item_image], collection.class_offsets, collection.task_offsets)
 
 
-def key_distances(collection: TaskCollection, image_features: np.ndarray, centroids: np.ndarray,
-                  assigned: np.ndarray) -> np.ndarray:
-    """(K,) distance of each task class's key (mean feature) to the centroid it was given (NaN: unassigned)."""
-    keys = class_means(collection, image_features)
-    out = np.full(len(keys), np.nan)
-    ok = assigned >= 0
-    out[ok] = np.linalg.norm(keys[ok] - centroids[assigned[ok]], axis=1)
-    return out
-
-
-def labelled_items(collection: TaskCollection, assigned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Image rows of every item of an assigned task class, and its global label renumbered 0..n-1."""
-    item_class = collection.item_class
-    keep = assigned[item_class] >= 0
-    _, labels = np.unique(assigned[item_class[keep]], return_inverse=True)
-    return collection.item_image[keep], labels.astype(np.int64)
+def labelled_items(collection: TaskCollection, labels: GlobalLabels) -> tuple[np.ndarray, np.ndarray]:
+    """Image rows of every item of an assigned task class, and its global label (0..n_clusters-1)."""
+    item_labels = labels.item_labels(collection.class_offsets)
+    keep = item_labels >= 0
+    return collection.item_image[keep], item_labels[keep]
 
 
 def global_class_names(assigned: np.ndarray) -> np.ndarray:

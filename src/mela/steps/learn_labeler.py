@@ -23,7 +23,6 @@ from mela.errors import MelaError
 from mela.methods.centroids_io import load_centroids_file
 from mela.methods.collection_labels import (
     collection_image_features,
-    key_distances,
     ragged_features,
     write_global_labels,
 )
@@ -168,11 +167,10 @@ def _label_collection(run: Run, settings: LearnLabelerSettings, data: TaskDatase
     image_features = collection_image_features(model, train, data.mean, data.std, run.device)
     labels = infer_global_labels(ragged_features(train, image_features), settings.labeler, centroids)
     report = _publish_labels(run, settings, labels, train.class_truth)
-    distances = key_distances(train, image_features, labels.centroids, labels.assigned)
-    csv_path, json_path = write_global_labels(run.run_dir, train, labels.assigned, distances)
+    csv_path, json_path = write_global_labels(run.run_dir, train, labels.assigned, labels.key_distances)
     run.log(f"wrote {csv_path.name} (global class of each task class) and {json_path.name} (members of each "
             "global class)")
-    item_images, inferred = collection_labelled_items(train, labels.assigned)
+    item_images, inferred = collection_labelled_items(train, labels)
     return train, item_images, inferred, report
 
 
