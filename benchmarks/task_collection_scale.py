@@ -1,10 +1,15 @@
-"""Loading a large task manifest: time and peak memory (issue 8's 100,000-task figure).
+"""A large task collection: loading its manifest and labelling it, time and peak memory (issue 8's
+100,000-task figures).
 
-Makes a synthetic labelled split (``--classes`` classes of ``--per-class`` random ``--side`` px grey images),
+Makes a synthetic labelled split (``--classes`` classes of ``--per-class`` ``--side`` px grey images, each a
+noisy copy of its class's random pattern),
 draws ``--tasks`` tasks from it with ``mela tasks make``'s generator (3-8 ways, 1-5 images per class, classes
 recurring 1-30 times, images shared between tasks), writes them as a manifest (each image file once), then
 loads the manifest in a fresh process and records its wall time and peak RSS, next to the peak RSS of a
-process that only imports mela (so the difference is what loading costs).
+process that only imports mela (so the difference is what loading costs). Then, in the same process, the
+labeler clusters every task class of the collection (improved mode, default settings) on 64-d features
+(a fixed random projection of the pixels, L2-normalised: a stand-in for a trained network that keeps the
+classes apart), and its time, peak RSS and agreement with ``truth.csv`` are recorded (``--no-labeler`` skips it).
 
     python benchmarks/task_collection_scale.py --tasks 5000            # small: ~1 minute on 2 cores
     python benchmarks/task_collection_scale.py                         # the full 100,000-task run
@@ -29,17 +34,46 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 
 
-def _load_child(manifest: str) -> None:
-    """In a fresh process: load the manifest, print time, peak RSS and array sizes as JSON."""
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _load_child(manifest: str, labeler: bool) -> None:
+    """In a fresh process: load the manifest (and label it), print times, peak RSS and sizes as JSON."""
     from mela.data.tasks import load_manifest
 
     start = time.perf_counter()
     collection = load_manifest(manifest)
     seconds = time.perf_counter() - start
     arrays = sum(a.nbytes for a in (collection.task_offsets, collection.class_offsets, collection.item_image))
-    print(json.dumps({"load_s": round(seconds, 2), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                      / 1024, "images_mb": collection.images.nbytes / 2**20, "index_arrays_mb": arrays / 2**20,
-                      "summary": collection.summary()}))
+    out = {"load_s": round(seconds, 2), "peak_rss_mb": _peak_rss_mb(), "images_mb": collection.images.nbytes / 2**20,
+           "index_arrays_mb": arrays / 2**20, "summary": collection.summary()}
+    if labeler:
+        out.update(_label(collection))
+    print(json.dumps(out))
+
+
+def _label(collection) -> dict:  # noqa: ANN001
+    """Cluster the collection's task classes on random-projection features; time, memory, agreement."""
+    from mela.methods.global_labels import infer_global_labels
+    from mela.methods.labeler import LabelerConfig, RaggedFeatures
+
+    pixels = collection.images.reshape(len(collection.images), -1).astype(np.float32) / 255.0
+    projection = np.random.default_rng(1).normal(size=(pixels.shape[1], 64)).astype(np.float32)
+    image_features = pixels @ projection
+    image_features -= image_features.mean(axis=0)
+    image_features /= np.linalg.norm(image_features, axis=1, keepdims=True)
+    features = RaggedFeatures(image_features[collection.item_image], collection.class_offsets,
+                              collection.task_offsets)
+    before = _peak_rss_mb()
+    start = time.perf_counter()
+    labels = infer_global_labels(features, LabelerConfig())
+    seconds = time.perf_counter() - start
+    report = labels.report(collection.class_truth)
+    return {"labeler_s": round(seconds, 1), "labeler_passes": len(labels.passes), "clusters": report["clusters"],
+            "true_classes": report["true_classes"], "ari": round(report["ari"], 4), "nmi": round(report["nmi"], 4),
+            "features_mb": round(features.items.nbytes / 2**20, 1), "peak_rss_before_labeler_mb": round(before),
+            "peak_rss_with_labeler_mb": round(_peak_rss_mb())}
 
 
 def _baseline_child() -> None:
@@ -60,11 +94,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--side", type=int, default=16)
     parser.add_argument("--dir", help="work folder (default: a temporary one, removed afterwards)")
+    parser.add_argument("--no-labeler", action="store_true", help="only load the manifest")
     parser.add_argument("--load-child", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.load_child:
-        _load_child(args.load_child)
+        _load_child(args.load_child, not args.no_labeler)
         return {}
     if args.baseline_child:
         _baseline_child()
@@ -75,7 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     n_classes = args.classes or max(args.tasks // 5, 20)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n_classes * args.per_class, args.side, args.side, 1), dtype=np.uint8)
+    patterns = rng.integers(0, 256, (n_classes, 1, args.side, args.side, 1)).astype(np.float32)
+    noise = rng.normal(0, 40, (n_classes, args.per_class, args.side, args.side, 1)).astype(np.float32)
+    images = np.clip(patterns + noise, 0, 255).astype(np.uint8).reshape(-1, args.side, args.side, 1)
     split = ImageSplit(images, np.repeat(np.arange(n_classes), args.per_class))
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         start = time.perf_counter()
@@ -87,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         with open(manifest) as handle:
             rows = sum(1 for _ in handle) - 1
         baseline = _child("--baseline-child")
-        loaded = _child("--load-child", str(manifest))
+        loaded = _child("--load-child", str(manifest), *(["--no-labeler"] if args.no_labeler else []))
     result = {
         "tasks": args.tasks, "classes": n_classes, "manifest_rows": rows, "image_side": args.side,
         "make_s": round(make_s, 2), "write_s": round(write_s, 2), **{k: v for k, v in loaded.items()},

@@ -110,3 +110,40 @@ def test_bad_api_inputs_are_one_line_errors(synthetic_dataset, workspace):
         mela.load_dataset("nope")
     with pytest.raises(MelaError, match="valid names"):
         mela.create_model("resnet13")
+
+
+def test_tasks_from_python_pairs_train_label_pretrain_and_evaluate_inside_held_out_tasks(workspace):
+    from tests.conftest import make_synthetic_split
+
+    split = make_synthetic_split(12, 10, 8)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(40):  # 40 jobs of 2-4 classes, 1-3 images each, named "a", "b", ... in every job
+        classes = rng.choice(12, size=int(rng.integers(2, 5)), replace=False)
+        images, local, true = [], [], []
+        for name, c in zip("abcd", classes, strict=False):
+            rows = rng.choice(np.flatnonzero(split.labels == c), size=int(rng.integers(1, 4)), replace=False)
+            images += list(split.images[rows])
+            local += [name] * len(rows)
+            true += [int(c)] * len(rows)
+        pairs.append((np.stack(images), local, true))
+    tasks = mela.open_tasks(pairs, holdout=0.2, val=0.1)
+    assert isinstance(tasks, mela.TaskDataset) and tasks.has_truth
+    model = mela.create_model("convnet4", in_channels=1)
+    trained = mela.meta_train(model, tasks, epochs=1, val_shots=(1,), val_tasks=10, log=None)
+    labels = mela.infer_global_labels(trained.model, dataset=tasks, labeler=LabelerConfig(K=24))
+    train = tasks.tasks("train")
+    assert labels.assigned.shape == (train.n_classes,)
+    report = labels.report(train.class_truth)
+    assert report["true_classes"] == len(np.unique(train.class_truth))
+    pretrained = mela.pretrain(mela.create_model("convnet4", in_channels=1), tasks, labels, epochs=1,
+                               val_shots=(1,), val_tasks=10, log=None)
+    result = mela.evaluate_tasks(pretrained.model, tasks)
+    assert isinstance(result, mela.TasksResult) and result.n_tasks + result.unscored_tasks == 8
+    assert 0.0 <= result.acc <= 100.0
+    # The same evaluation by hand: the evaluator's own per-task loop on the model's features.
+    from mela.methods.evaluator import evaluate_collection
+
+    again = evaluate_collection(pretrained.model, tasks.tasks("test"), [None], EvalProtocol(), tasks.mean, tasks.std,
+                                torch.device("cpu"))[0]
+    assert again.accuracy.acc == pytest.approx(result.acc)

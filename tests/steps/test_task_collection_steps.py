@@ -142,3 +142,24 @@ def test_the_three_task_shares_are_disjoint_cover_the_collection_and_follow_the_
     first = int(data.indices["test"][0])
     assert test.task_ids[0] == data.collection.task_ids[first]
     assert [list(r) for r in test.task_classes(0)] == [list(r) for r in data.collection.task_classes(first)]
+
+
+def test_a_bad_task_stops_a_step_with_one_line_unless_skipped_and_then_the_log_counts_it(collection_dir, tmp_path,
+                                                                                       workspace) -> None:
+    from mela.steps import learn_meta_repr
+
+    bad = tmp_path / "bad"
+    shutil.copytree(collection_dir, bad)
+    (bad / "truth.csv").unlink()
+    lonely = bad / "zz_lonely" / "only"
+    lonely.mkdir(parents=True)
+    shutil.copy(next((collection_dir).glob("*/*/*.png")), lonely / "x.png")
+    base = ["dataset=tasks", f"tasks_path={bad}", "model=convnet4", "epochs=1", "lr_decay_epochs=1",
+            "progress=false", "val_shots=[1]", "val_n_shots=1", "test_db_size=5", "plots=false"]
+    with pytest.raises(MelaError, match="task 'zz_lonely'.*skip_bad_tasks"):
+        learn_meta_repr.run(learn_meta_repr.read_settings(compose_config("learn_meta_repr", [*base, "run_name=a"])))
+    result = learn_meta_repr.run(learn_meta_repr.read_settings(compose_config(
+        "learn_meta_repr", [*base, "run_name=b", "skip_bad_tasks=true"])))
+    log = (Path(result["run_dir"]) / "log.txt").read_text()
+    assert "60 tasks (skipped: too_few_classes 1)" in log
+    assert "skipped task 'zz_lonely' (too_few_classes)" in log

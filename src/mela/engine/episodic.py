@@ -285,9 +285,11 @@ def train_episodic(
     if isinstance(train, TaskCollection):
         n_tasks = int(scorable_tasks(train).sum())
         unused = train.n_tasks - n_tasks
-        log(f"{n_tasks} training tasks per epoch, as given" + (
-            f" ({unused} tasks have no class of two images, so no query: the labeler still uses them)"
-            if unused else "") + f", {train.n_classes} task classes, {train.n_items} images")
+        unused_note = "" if not unused else (
+            f" ({unused} task{' has' if unused == 1 else 's have'} no class of two images, so no query: the labeler "
+            "still uses them)")
+        log(f"{n_tasks} training tasks per epoch, as given{unused_note}, {train.n_classes} task classes, "
+            f"{train.n_items} images")
         epoch_fn = collection_epoch(model, trainer.optimizer, train, place_images(train.images, device), augmenter,
                                     settings.loss, device, settings.seed, settings.rotate_aug,
                                     settings.tasks_per_step, settings.progress)

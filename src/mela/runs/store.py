@@ -249,6 +249,9 @@ def check_reuse(run_dir: Path, config: Mapping) -> None:
                         "own settings to resume it, or pick a new run_name")
 
 
+SKIPPED_SHOWN = 20  # skipped tasks named one per line in a run's log; the rest are counted
+
+
 def start_run(settings: RunSettings, step: str, dataset: Dataset | TaskDataset | str, model_name: str, config: Mapping,
               resumable: bool = True) -> Run:
     """Lock the run folder (creating it, or reopening it to resume), check and save the config, open the log.
@@ -282,6 +285,9 @@ def start_run(settings: RunSettings, step: str, dataset: Dataset | TaskDataset |
         run.log(dataset.describe())
         for note in dataset.collection.notes:
             run.log(note)
-        for skipped in dataset.collection.skipped:
-            run.log(f"skipped task '{skipped.task}' ({skipped.reason}): {skipped.message}")
+        skipped = dataset.collection.skipped
+        for task in skipped[:SKIPPED_SHOWN]:
+            run.log(f"skipped task '{task.task}' ({task.reason}): {task.message}")
+        if len(skipped) > SKIPPED_SHOWN:
+            run.log(f"... and {len(skipped) - SKIPPED_SHOWN} more skipped tasks (the counts by reason are above)")
     return run
