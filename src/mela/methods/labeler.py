@@ -113,7 +113,7 @@ SPLIT_ALLOWANCE = 4.0
 CHUNK_KEYS = 8192
 CHUNK_PAIRS = 65536
 # Centroids up to which the merge works on a (K, K) matrix; above, on candidate pairs (the same merges, memory ~ K).
-DENSE_MERGE_MAX = 1024
+DENSE_MERGE_MAX = 256
 # Entries of one block of centroid-centroid products in the sparse merge's radius query (32 MB of float64).
 CHUNK_ENTRIES = 1 << 22
 MERGE_METHODS = ("auto", "dense", "sparse")
