@@ -405,7 +405,8 @@ def paired_sq_distances(x: np.ndarray, rows: np.ndarray, y: np.ndarray, cols: np
 
 
 def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK_KEYS) -> np.ndarray:
-    """(K,) index of each key's nearest centroid, ``chunk`` keys at a time: ``cdist(keys, centroids).argmin(1)``.
+    """(K,) index of each key's nearest centroid, ``chunk`` keys at a time (fewer when there are more than
+    ``CHUNK_ENTRIES / chunk`` centroids): ``cdist(keys, centroids).argmin(1)``.
 
     A matrix product ranks the centroids fast (``|c|^2 - 2 x.c``, after centring); the few
     centroids within its rounding error of the best are then compared by the exact
@@ -420,6 +421,8 @@ def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUN
     shifted = centroids - centre
     norms = (shifted**2).sum(axis=1)
     scaled = -2.0 * shifted.T
+    # At most CHUNK_ENTRIES key-centroid entries per block, however many centroids there are.
+    chunk = max(1, min(chunk, CHUNK_ENTRIES // len(centroids)))
     for lo in range(0, len(keys), chunk):
         block = keys[lo : lo + chunk]
         x = block - centre
