@@ -85,6 +85,14 @@ keys-by-centroids matrix whole. Key-centroid distances are computed in chunks of
 with ``linear_sum_assignment``. Within-task pairs are index arrays, their distances
 computed in chunks. :func:`fit_centroids` updates centroids online, so it stays a loop
 over tasks (each task's keys against the current centroids).
+
+The merge holds no centroid-by-centroid matrix either once there are more than
+``DENSE_MERGE_MAX`` centroids (a 35,000-centroid pile would need ~10 GB for it): the
+cannot-link pairs are :class:`CentroidPairs` (sorted pair codes, :func:`cooccurrence_pairs`),
+the pairs that can merge at all come from a radius query in blocks of rows
+(:func:`merge_candidates`: no pair is farther than ``z_max`` times the largest noise plus
+the allowance), and a heap replays the dense greedy loop exactly (same merges, same order,
+ties to the row-major first pair), recomputing one 1 x K row after each merge.
 """
 
 from __future__ import annotations
