@@ -11,13 +11,21 @@ The agreement with the true classes (ARI, cluster count) is computed after the t
     python benchmarks/labeler_scale.py --tasks 10000            # ~1-2 minutes on 2 cores
     python benchmarks/labeler_scale.py --tasks 10000 100000     # the full run (~10+ minutes)
     python benchmarks/labeler_scale.py --tasks 10000 --recurrence 15   # classes = keys / 15 instead
+    python benchmarks/labeler_scale.py --merge-centroids 3670 35000    # the merge step alone on K centroids
 
-Writes (merging with what is there, keyed by tasks and classes) benchmarks/results/labeler_scale.json.
+``--merge-centroids`` times ``merge_indistinguishable`` alone (the step that used to hold (K, K) matrices) on
+K synthetic 64-d centroids: 90 % distinct classes, 10 % near-copies of them that should merge, 1-19 keys each,
+20 random cannot-link pairs per centroid, the spread and thresholds of learn_labeler's defaults; the sparse
+method, and up to 8,000 centroids the dense one as well (peak RSS grows only: the dense figure is the larger).
+``centroids_sha1`` fingerprints the fitted centroids, to compare two versions of the labeler bit for bit.
+
+Writes (merging with what is there, keyed by tasks and classes, or by K) benchmarks/results/labeler_scale.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import resource
@@ -86,10 +94,38 @@ def _child(n_tasks: int, n_classes: int | None, recurrence: float | None, dim: i
         "labeler_s": round(seconds, 1), "passes": len(labels.passes),
         "centroids": int(len(labels.centroids)), "clusters": labels.n_clusters,
         "ari": round(float(adjusted_rand_score(true, labels.assigned)), 4),
+        "centroids_sha1": hashlib.sha1(np.ascontiguousarray(labels.centroids).tobytes()).hexdigest()[:12],
         "rss_after_import_mb": round(rss_start), "rss_after_pile_mb": round(rss_pile),
         "peak_rss_mb": round(rss_peak), "labeler_extra_rss_mb": round(rss_peak - rss_pile),
         "warning": labels.warning,
     }))
+
+
+def _merge_child(k: int, dim: int, dense_max: int = 8000) -> None:
+    """In a fresh process: K synthetic centroids, one merge_indistinguishable (the method it picks), as JSON."""
+    from mela.methods.labeler import CentroidPairs, merge_indistinguishable, merge_threshold
+
+    rng = np.random.default_rng(0)
+    distinct = k * 9 // 10
+    means = 4.0 * rng.normal(size=(distinct, dim)) / np.sqrt(dim)
+    copies = means[rng.integers(0, distinct, k - distinct)] + 0.02 * rng.normal(size=(k - distinct, dim))
+    centroids = np.concatenate([means, copies])[rng.permutation(k)]
+    counts = rng.integers(1, 20, k).astype(np.float64)
+    apart = CentroidPairs.from_pairs(rng.integers(0, k, 20 * k), rng.integers(0, k, 20 * k), k)
+    different_sq = np.sort(rng.random(100_000) * 8.0 + 1.0)
+    s, effective_dim = 0.6, float(dim)
+    rss_start = _rss_mb()
+    row: dict = {"merge_centroids": k, "dim": dim, "rss_before_mb": round(rss_start)}
+    # Sparse first (ru_maxrss only grows), then dense where its (K, K) matrices fit.
+    for method in ("sparse", "dense") if k <= dense_max else ("sparse",):
+        start = time.perf_counter()
+        merged, _ = merge_indistinguishable(centroids, counts, apart, s, merge_threshold(6.0, effective_dim),
+                                            different_sq, 0.01 / (k - 1), None, 4.0 * 0.5 * s**2 / effective_dim,
+                                            method=method)
+        row.update({f"{method}_s": round(time.perf_counter() - start, 2), "merged": int(k - len(merged)),
+                    f"{method}_extra_rss_mb": round(_rss_mb() - rss_start),
+                    f"{method}_sha1": hashlib.sha1(merged.tobytes()).hexdigest()[:12]})
+    print(json.dumps(row))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -99,13 +135,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--recurrence", type=float, default=None, help="classes = task classes / this (overrides)")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--separation", type=float, default=4.0)
+    parser.add_argument("--merge-centroids", type=int, nargs="+", default=None,
+                        help="time the merge step alone on this many centroids (instead of --tasks)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     classes = None if args.recurrence else args.classes
     if args.child:
-        _child(args.tasks[0], classes, args.recurrence, args.dim, args.separation)
+        if args.merge_centroids:
+            _merge_child(args.merge_centroids[0], args.dim)
+        else:
+            _child(args.tasks[0], classes, args.recurrence, args.dim, args.separation)
         return []
-    rows = json.loads(OUT.read_text())["runs"] if OUT.is_file() else []
+    saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    rows, merge_rows = saved.get("runs", []), saved.get("merge_runs", [])
+    for k in args.merge_centroids or []:
+        out = subprocess.run([sys.executable, __file__, "--child", "--merge-centroids", str(k), "--dim", str(args.dim)],
+                             check=True, capture_output=True, text=True)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps(row), flush=True)
+        merge_rows = [r for r in merge_rows if r["merge_centroids"] != k] + [row]
+    if args.merge_centroids:
+        args.tasks = []
     for n_tasks in args.tasks:
         cmd = [sys.executable, __file__, "--child", "--tasks", str(n_tasks), "--dim", str(args.dim),
                "--separation", str(args.separation), "--classes", str(args.classes)]
@@ -118,7 +168,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     RESULTS.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                                           "2 cores shared with other jobs",
-                               "runs": sorted(rows, key=lambda r: (r["tasks"], r["true_classes"]))}, indent=1) + "\n")
+                               "runs": sorted(rows, key=lambda r: (r["tasks"], r["true_classes"])),
+                               "merge_runs": sorted(merge_rows, key=lambda r: r["merge_centroids"])}, indent=1) + "\n")
     return rows
 
 

@@ -12,7 +12,9 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from mela.data.samplers import TaskShape, no_replacement_tasks
 from mela.errors import MelaError
+from mela.methods import labeler
 from mela.methods.labeler import (
+    CentroidPairs,
     KeySpread,
     LabelerConfig,
     RaggedFeatures,
@@ -21,6 +23,7 @@ from mela.methods.labeler import (
     cluster_spread,
     clustering_report,
     cooccurrence,
+    cooccurrence_pairs,
     debiased_cost,
     different_class_chance,
     different_class_sq_distances,
@@ -31,6 +34,7 @@ from mela.methods.labeler import (
     label_tasks,
     matched_distinct,
     member_means,
+    merge_candidates,
     merge_close_centroids,
     merge_indistinguishable,
     merge_statistic,
@@ -758,3 +762,138 @@ def test_nearest_centroids_is_cdists_argmin_with_exact_ties_and_far_from_the_ori
         keys[5:9] = np.round(keys[5:9])  # and a few grid points
         np.testing.assert_array_equal(nearest_centroids(keys, centroids, chunk=64),
                                       cdist(keys, centroids).argmin(axis=1))
+
+
+def _merge_both_ways(centroids, counts, apart, **settings):
+    """merge_indistinguishable forced dense (on the matrix) and forced sparse (on the pairs): outputs and groups."""
+    out = {}
+    for method, given in (("dense", apart), ("sparse", CentroidPairs.from_dense(apart))):
+        groups: list[list[int]] = []
+        merged, merged_counts = merge_indistinguishable(centroids, counts, given, groups=groups, method=method,
+                                                         **settings)
+        out[method] = (merged, merged_counts, groups)
+    return out["dense"], out["sparse"]
+
+
+def _merge_case(kind: str, seed: int) -> tuple:
+    """A seeded merge problem: centroids, counts, apart and the other settings of the merge."""
+    rng = np.random.default_rng(seed)
+    k, d = 90, 3
+    if kind == "near_duplicates":  # ~15 classes, each split over ~6 centroids: many merges
+        base = 10.0 * rng.normal(size=(15, d))
+        centroids = base[rng.integers(0, 15, k)] + 0.3 * rng.normal(size=(k, d))
+    elif kind == "grid_ties":  # integer points: many pairs share one z exactly
+        centroids = rng.integers(0, 4, (k, d)).astype(float)
+    else:
+        centroids = rng.normal(size=(k, d))
+    counts = rng.integers(0, 5, k).astype(float)
+    apart = np.zeros((k, k), dtype=bool)
+    n_apart = 0 if kind == "near_duplicates" else 4 * k
+    a, b = rng.integers(0, k, n_apart), rng.integers(0, k, n_apart)
+    apart[a, b] = apart[b, a] = True
+    np.fill_diagonal(apart, False)
+    different_sq = np.sort(8.0 * rng.random(60)) if kind == "guarded" else None
+    return centroids, counts, apart, {"key_distance": 1.0, "z_max": 2.0, "different_sq": different_sq,
+                                      "risk": 0.2 if kind == "guarded" else 1.0, "allowance": 0.3}
+
+
+@pytest.mark.parametrize("kind", ["near_duplicates", "grid_ties", "apart_blocks", "guarded"])
+def test_sparse_merge_makes_the_dense_merges_to_the_bit_on_seeded_piles(monkeypatch, kind: str) -> None:
+    monkeypatch.setattr(labeler, "CHUNK_ENTRIES", 200)  # blocks of a few rows: the radius query's seams matter
+    for seed in range(5):
+        centroids, counts, apart, settings = _merge_case(kind, seed)
+        (dense, dense_counts, dense_groups), (sparse, sparse_counts, sparse_groups) = _merge_both_ways(
+            centroids, counts, apart, **settings)
+        assert len(dense) < len(centroids)  # something merged
+        np.testing.assert_array_equal(sparse, dense)
+        np.testing.assert_array_equal(sparse_counts, dense_counts)
+        assert sparse_groups == dense_groups
+        for group in dense_groups:  # and no group holds a pair one task used for two classes
+            assert not apart[np.ix_(group, group)].any()
+
+
+def test_both_merge_methods_break_a_tie_of_z_by_the_first_pair_in_row_major_order() -> None:
+    # s = 0.5, z_max = 1, allowance 1.25: two one-key centroids merge when d^2 <= 0.25 + 1.25 = 1.5.
+    # Pairs (0, 3) and (1, 2) tie at d^2 = 1; 0 sits above the middle of 1 and 2 (d^2 = 0.25 + 0.875^2 > 1).
+    # Row-major order merges (0, 3) first; (1, 2) follows and the two pairs' means stay apart (z = 1.375).
+    # Taking (1, 2) first would put its mean right under 0 (z = 0.53) and pull 0 away from 3.
+    centroids = np.array([[10.5, 0.875], [10.0, 0.0], [11.0, 0.0], [10.5, 1.875]])
+    for method in ("dense", "sparse"):
+        groups: list[list[int]] = []
+        merged, merged_counts = merge_indistinguishable(centroids, np.ones(4), np.zeros((4, 4), dtype=bool), 0.5,
+                                                        1.0, groups=groups, allowance=1.25, method=method)
+        assert groups == [[0, 3], [1, 2]]
+        np.testing.assert_array_equal(merged, [[10.5, 1.375], [10.5, 0.0]])
+        np.testing.assert_array_equal(merged_counts, [2.0, 2.0])
+
+
+def test_sparse_merge_never_builds_a_group_containing_an_apart_pair() -> None:
+    # 0 and 0.4 merge first into 0.2 (two keys); 1.0 would follow, but one task used centroids 0 and 2.
+    centroids, counts = np.array([[0.0], [0.4], [1.0]]), np.ones(3)
+    apart = CentroidPairs.from_pairs(np.array([2]), np.array([0]), 3)
+    groups: list[list[int]] = []
+    merged, merged_counts = merge_indistinguishable(centroids, counts, apart, 1.0, 2.0, groups=groups,
+                                                    method="sparse")
+    np.testing.assert_allclose(merged, [[0.2], [1.0]])
+    np.testing.assert_array_equal(merged_counts, [2.0, 1.0])
+    assert groups == [[0, 1], [2]]
+    free = merge_indistinguishable(centroids, counts, CentroidPairs.from_pairs([], [], 3), 1.0, 2.0, method="sparse")
+    np.testing.assert_allclose(free[0], [[1.4 / 3]])
+
+
+def test_merge_candidates_are_the_pairs_whose_dense_statistic_is_at_most_one() -> None:
+    rng = np.random.default_rng(40)
+    centroids = 1e3 + rng.normal(size=(150, 5))  # far from the origin: the product form must be centred
+    counts = rng.integers(0, 6, 150).astype(float)
+    apart = CentroidPairs.from_pairs(rng.integers(0, 150, 300), rng.integers(0, 150, 300), 150)
+    inverse = 1.0 / np.maximum(counts, 1.0)
+    # s = 1, z_max = 1.5, allowance 0.2: a pair may merge when d^2 <= 1.5 * (1/2) (1/n_a + 1/n_b) + 0.2.
+    z_dense = cdist(centroids, centroids, "sqeuclidean") / (1.5 * (0.5 * (inverse[:, None] + inverse[None, :])) + 0.2)
+    expected = np.triu(z_dense <= 1.0, 1) & ~apart.dense()
+    assert 50 < expected.sum() < 150 * 149 / 4  # some pairs, far from all
+    for chunk in (150, 1000, 1 << 22):
+        z, a, b = merge_candidates(centroids, counts, apart, 1.0, 1.5, allowance=0.2, chunk_entries=chunk)
+        order = np.lexsort((b, a))
+        np.testing.assert_array_equal(np.c_[a[order], b[order]], np.argwhere(expected))
+        np.testing.assert_array_equal(z[order], z_dense[expected])
+
+
+def test_fit_centroids_gives_the_same_clustering_with_sparse_and_dense_merges(monkeypatch) -> None:
+    # K well above the 40 classes: the first tasks' keys put several centroids on one class, and they merge.
+    features, _ = _ragged_pile(40, 12, 150, (2, 8), (1, 4), 4.0, seed=41)
+    one_image = RaggedFeatures(features.items[features.class_offsets[:-1]],
+                               np.arange(features.n_classes + 1), features.task_offsets)
+    for pile in (features, one_image):
+        fits = {}
+        for limit in (0, 10**9):  # every merge sparse / every merge dense
+            monkeypatch.setattr(labeler, "DENSE_MERGE_MAX", limit)
+            fits[limit] = cluster_features(pile, LabelerConfig(K=200))
+        assert sum(p["merged"] for p in fits[0].passes) > 20
+        _assert_same(fits[0].passes, fits[10**9].passes)
+        np.testing.assert_array_equal(fits[0].centroids, fits[10**9].centroids)
+
+
+def test_cooccurrence_pairs_hold_the_off_diagonal_of_the_dense_cooccurrence() -> None:
+    rng = np.random.default_rng(42)
+    ways = rng.integers(2, 9, 300)
+    offsets = np.r_[0, np.cumsum(ways)]
+    assigned = rng.integers(0, 60, ways.sum())
+    assigned[offsets[3] : offsets[4]] = -1  # a dropped task
+    dense = cooccurrence(assigned, 60, offsets)
+    np.fill_diagonal(dense, False)
+    pairs = cooccurrence_pairs(assigned, 60, offsets)
+    np.testing.assert_array_equal(pairs.dense(), dense)
+    first, second = np.triu_indices(60, 1)
+    np.testing.assert_array_equal(pairs.contains(first, second), dense[first, second])
+    indptr, indices = pairs.neighbours()
+    for c in (0, 17, 59):
+        np.testing.assert_array_equal(np.sort(indices[indptr[c] : indptr[c + 1]]), np.flatnonzero(dense[c]))
+
+
+def test_merge_refuses_an_unknown_method_and_pairs_over_another_number_of_centroids_with_one_line() -> None:
+    centroids, counts = np.zeros((3, 2)), np.ones(3)
+    with pytest.raises(MelaError, match="valid methods: auto, dense, sparse") as info:
+        merge_indistinguishable(centroids, counts, np.zeros((3, 3), dtype=bool), 1.0, 2.0, method="kd")
+    assert "\n" not in str(info.value)
+    with pytest.raises(MelaError, match="over 4 centroids but 3"):
+        merge_indistinguishable(centroids, counts, CentroidPairs.from_pairs([0], [1], 4), 1.0, 2.0, method="sparse")

@@ -85,10 +85,19 @@ keys-by-centroids matrix whole. Key-centroid distances are computed in chunks of
 with ``linear_sum_assignment``. Within-task pairs are index arrays, their distances
 computed in chunks. :func:`fit_centroids` updates centroids online, so it stays a loop
 over tasks (each task's keys against the current centroids).
+
+The merge holds no centroid-by-centroid matrix either once there are more than
+``DENSE_MERGE_MAX`` centroids (a 35,000-centroid pile would need ~10 GB for it): the
+cannot-link pairs are :class:`CentroidPairs` (sorted pair codes, :func:`cooccurrence_pairs`),
+the pairs that can merge at all come from a radius query in blocks of rows
+(:func:`merge_candidates`: no pair is farther than ``z_max`` times the largest noise plus
+the allowance), and a heap replays the dense greedy loop exactly (same merges, same order,
+ties to the row-major first pair), recomputing one 1 x K row after each merge.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -111,6 +120,11 @@ SPLIT_ALLOWANCE = 4.0
 # Keys per block of key-centroid distances, and pairs per block of within-task distances (memory bounds).
 CHUNK_KEYS = 8192
 CHUNK_PAIRS = 65536
+# Centroids up to which the merge works on a (K, K) matrix; above, on candidate pairs (the same merges, memory ~ K).
+DENSE_MERGE_MAX = 256
+# Entries of one block of centroid-centroid products in the sparse merge's radius query (32 MB of float64).
+CHUNK_ENTRIES = 1 << 22
+MERGE_METHODS = ("auto", "dense", "sparse")
 
 
 @dataclass(frozen=True)
@@ -399,7 +413,8 @@ def paired_sq_distances(x: np.ndarray, rows: np.ndarray, y: np.ndarray, cols: np
 
 
 def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK_KEYS) -> np.ndarray:
-    """(K,) index of each key's nearest centroid, ``chunk`` keys at a time: ``cdist(keys, centroids).argmin(1)``.
+    """(K,) index of each key's nearest centroid, ``chunk`` keys at a time (fewer when there are more than
+    ``CHUNK_ENTRIES / chunk`` centroids): ``cdist(keys, centroids).argmin(1)``.
 
     A matrix product ranks the centroids fast (``|c|^2 - 2 x.c``, after centring); the few
     centroids within its rounding error of the best are then compared by the exact
@@ -414,6 +429,8 @@ def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUN
     shifted = centroids - centre
     norms = (shifted**2).sum(axis=1)
     scaled = -2.0 * shifted.T
+    # At most CHUNK_ENTRIES key-centroid entries per block, however many centroids there are.
+    chunk = max(1, min(chunk, CHUNK_ENTRIES // len(centroids)))
     for lo in range(0, len(keys), chunk):
         block = keys[lo : lo + chunk]
         x = block - centre
@@ -698,6 +715,68 @@ def cooccurrence(assigned: np.ndarray, n_centroids: int, offsets: np.ndarray | N
     return seen
 
 
+@dataclass(frozen=True)
+class CentroidPairs:
+    """A symmetric (n, n) boolean relation held sparsely: the unordered pairs a < b as sorted unique codes
+    ``a * n + b`` (the diagonal is not held: a centroid is never merged with itself anyway).
+
+    Attributes:
+        codes: (P,) sorted unique int64 pair codes.
+        n: number of centroids.
+    """
+
+    codes: np.ndarray
+    n: int
+
+    @classmethod
+    def from_pairs(cls, first: np.ndarray, second: np.ndarray, n: int) -> CentroidPairs:
+        """Pairs from two index arrays, in either order; pairs of a centroid with itself are dropped."""
+        first, second = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
+        lo, hi = np.minimum(first, second), np.maximum(first, second)
+        keep = lo != hi
+        return cls(np.unique(lo[keep] * n + hi[keep]), int(n))
+
+    @classmethod
+    def from_dense(cls, apart: np.ndarray) -> CentroidPairs:
+        """A (n, n) boolean matrix (taken as symmetric: a pair marked in either direction counts)."""
+        apart = np.asarray(apart, dtype=bool)
+        if apart.ndim != 2 or apart.shape[0] != apart.shape[1]:
+            raise MelaError(f"apart must be a square (K, K) boolean matrix, got shape {apart.shape}")
+        first, second = np.nonzero(apart)
+        return cls.from_pairs(first, second, apart.shape[0])
+
+    def dense(self) -> np.ndarray:
+        """The (n, n) symmetric boolean matrix (for small n only)."""
+        out = np.zeros((self.n, self.n), dtype=bool)
+        first, second = np.divmod(self.codes, max(self.n, 1))
+        out[first, second] = True
+        out[second, first] = True
+        return out
+
+    def contains(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Elementwise: is the pair (first[i], second[i]) marked? (first < second)"""
+        codes = np.asarray(first, dtype=np.int64) * self.n + np.asarray(second, dtype=np.int64)
+        where = np.searchsorted(self.codes, codes)
+        return self.codes[np.minimum(where, max(len(self.codes) - 1, 0))] == codes if len(self.codes) else \
+            np.zeros(len(codes), dtype=bool)
+
+    def neighbours(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR form, both directions: centroid c's partners are ``indices[indptr[c]:indptr[c + 1]]``."""
+        first, second = np.divmod(self.codes, max(self.n, 1))
+        rows, cols = np.concatenate([first, second]), np.concatenate([second, first])
+        order = np.argsort(rows, kind="stable")
+        return _offsets(np.bincount(rows, minlength=self.n)), cols[order]
+
+
+def cooccurrence_pairs(assigned: np.ndarray, n_centroids: int, offsets: np.ndarray | None = None) -> CentroidPairs:
+    """:func:`cooccurrence` held sparsely: the centroid pairs that labelled two classes of one kept task,
+    as :class:`CentroidPairs` (memory proportional to the task pairs, not to ``n_centroids`` squared)."""
+    flat, offsets = _flat_assigned(assigned, offsets)
+    first, second, task = task_pairs(offsets)
+    ok = tasks_kept(flat, offsets)[task]
+    return CentroidPairs.from_pairs(flat[first[ok]], flat[second[ok]], n_centroids)
+
+
 def member_means(keys: np.ndarray | TaskKeys, assigned: np.ndarray, centroids: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and number of the keys matched to each centroid (an unmatched centroid keeps its place, count 0)."""
@@ -751,9 +830,9 @@ def different_class_chance(observed_sq: np.ndarray, noise: np.ndarray, key_dista
 
 
 def merge_indistinguishable(
-    centroids: np.ndarray, counts: np.ndarray, apart: np.ndarray, key_distance: float, z_max: float,
+    centroids: np.ndarray, counts: np.ndarray, apart: np.ndarray | CentroidPairs, key_distance: float, z_max: float,
     different_sq: np.ndarray | None = None, risk: float = 1.0, groups: list[list[int]] | None = None,
-    allowance: float = 0.0,
+    allowance: float = 0.0, method: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedily merge the most similar pair while its squared distance is at most ``z_max * noise + allowance``.
 
@@ -767,21 +846,55 @@ def merge_indistinguishable(
     :func:`different_class_chance` of at most ``risk``: where different classes are
     as close as one class's clusters, the data cannot justify a merge. Merged clusters
     take the count-weighted mean and the summed count; pairs marked in ``apart`` (two
-    classes of one task), and groups that would contain one, never merge. A ``groups``
-    list, if given, is filled with the input indices behind each output centroid.
+    classes of one task; a symmetric (K, K) boolean matrix or :class:`CentroidPairs`), and
+    groups that would contain one, never merge. A ``groups`` list, if given, is filled with
+    the input indices behind each output centroid.
+
+    ``method``: ``dense`` holds the (K, K) statistic; ``sparse`` holds only the pairs that
+    can merge (:func:`_merge_sparse`), memory about proportional to K; ``auto`` takes dense up
+    to :data:`DENSE_MERGE_MAX` centroids. Both give the same merges in the same order, to the bit.
     """
-    centroids, counts, apart = centroids.astype(np.float64).copy(), counts.astype(np.float64).copy(), apart.copy()
+    if method not in MERGE_METHODS:
+        raise MelaError(f"unknown merge method '{method}'; valid methods: {', '.join(MERGE_METHODS)}")
+    if method == "auto":
+        method = "dense" if len(centroids) <= DENSE_MERGE_MAX else "sparse"
+    centroids, counts = centroids.astype(np.float64).copy(), counts.astype(np.float64).copy()
+    if method == "dense":
+        dense = apart.dense() if isinstance(apart, CentroidPairs) else np.asarray(apart, dtype=bool).copy()
+        alive, members = _merge_dense(centroids, counts, dense, key_distance, z_max, different_sq, risk, allowance)
+    else:
+        pairs = apart if isinstance(apart, CentroidPairs) else CentroidPairs.from_dense(apart)
+        if pairs.n != len(centroids):
+            raise MelaError(f"apart pairs are over {pairs.n} centroids but {len(centroids)} centroids were given; "
+                            "build them with the same number of centroids")
+        alive, members = _merge_sparse(centroids, counts, pairs, key_distance, z_max, different_sq, risk, allowance)
+    if groups is not None:
+        groups[:] = [members[i] for i in np.flatnonzero(alive)]
+    return centroids[alive], counts[alive]
+
+
+def _merge_z(observed: np.ndarray, noise: np.ndarray, z_max: float, allowance: float, key_distance: float,
+             different_sq: np.ndarray | None, risk: float) -> np.ndarray:
+    """z of :func:`merge_indistinguishable` (1 at the merge bound), inf where the different-class guard refuses."""
+    z = observed / (z_max * noise + allowance)
+    if different_sq is not None and risk < 1.0:
+        z[different_class_chance(observed, noise, key_distance, different_sq) > risk] = np.inf
+    return z
+
+
+def _merge_dense(
+    centroids: np.ndarray, counts: np.ndarray, apart: np.ndarray, key_distance: float, z_max: float,
+    different_sq: np.ndarray | None, risk: float, allowance: float,
+) -> tuple[np.ndarray, list[list[int]]]:
+    """The greedy merge on the (K, K) matrix of z (argmin: the row-major first minimum); updates ``centroids``
+    and ``counts`` in place, returns which survive and the members of each."""
     alive = np.ones(len(centroids), dtype=bool)
-    guard = different_sq is not None and risk < 1.0
 
     def statistic(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         inverse = 1.0 / np.maximum(counts, 1.0)
         noise = 0.5 * key_distance**2 * (inverse[rows][:, None] + inverse[cols][None, :])
         observed = cdist(centroids[rows], centroids[cols], "sqeuclidean")
-        z = observed / (z_max * noise + allowance)
-        if guard:
-            z[different_class_chance(observed, noise, key_distance, different_sq) > risk] = np.inf
-        return z
+        return _merge_z(observed, noise, z_max, allowance, key_distance, different_sq, risk)
 
     everything = np.arange(len(centroids))
     members = [[i] for i in everything.tolist()]
@@ -792,10 +905,7 @@ def merge_indistinguishable(
         i, j = np.unravel_index(np.argmin(z), z.shape)
         if not z[i, j] <= 1.0:
             break
-        total = counts[i] + counts[j]
-        weight_i = counts[i] / total if total > 0 else 0.5
-        centroids[i] = weight_i * centroids[i] + (1 - weight_i) * centroids[j]
-        counts[i] = total
+        _merge_into(centroids, counts, i, j)
         apart[i] |= apart[j]
         apart[:, i] |= apart[:, j]
         alive[j] = False
@@ -805,9 +915,131 @@ def merge_indistinguishable(
         row[~alive | apart[i]] = np.inf
         row[i] = np.inf
         z[i, :] = z[:, i] = row
-    if groups is not None:
-        groups[:] = [members[i] for i in np.flatnonzero(alive)]
-    return centroids[alive], counts[alive]
+    return alive, members
+
+
+def _merge_into(centroids: np.ndarray, counts: np.ndarray, i: int, j: int) -> None:
+    """Centroid j joins centroid i: the count-weighted mean and the summed count, in place."""
+    total = counts[i] + counts[j]
+    weight_i = counts[i] / total if total > 0 else 0.5
+    centroids[i] = weight_i * centroids[i] + (1 - weight_i) * centroids[j]
+    counts[i] = total
+
+
+def merge_candidates(
+    centroids: np.ndarray, counts: np.ndarray, apart: CentroidPairs, key_distance: float, z_max: float,
+    different_sq: np.ndarray | None = None, risk: float = 1.0, allowance: float = 0.0,
+    chunk_entries: int = CHUNK_ENTRIES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair a < b that may merge now (z <= 1, or NaN), not ``apart``: (z, a, b) arrays, unsorted.
+
+    A radius query without a (K, K) matrix: noise is at most ``s^2 / 2 (1 / n_a + max_b 1 / n_b)`` for row a,
+    so a pair can only merge within ``z_max`` times that plus ``allowance``. Blocks of rows against the
+    centroids after them are ranked by a matrix product (after centring), with a slack far above its
+    rounding error; the survivors get the exact squared distance (summed as ``cdist`` sums it) and the
+    exact z of the dense statistic.
+    """
+    n = len(centroids)
+    empty = (np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    if n < 2:
+        return empty
+    inverse = 1.0 / np.maximum(counts, 1.0)
+    half = 0.5 * key_distance**2
+    radius = (z_max * (half * (inverse + inverse.max())) + allowance) * (1.0 + 1e-9)
+    centre = centroids.mean(axis=0)
+    shifted = centroids - centre
+    norms = (shifted**2).sum(axis=1)
+    scaled = -2.0 * shifted.T
+    rows_per_block = max(1, chunk_entries // n)
+    zs, firsts, seconds = [], [], []
+    for lo in range(0, n - 1, rows_per_block):
+        hi = min(lo + rows_per_block, n - 1)
+        # Row a meets the columns after it: a block of rows [lo, hi) needs columns [lo + 1, n).
+        rank = shifted[lo:hi] @ scaled[:, lo + 1 :]
+        rank += norms[lo + 1 :]
+        rank += norms[lo:hi, None]
+        slack = 1e-9 * (norms[lo:hi] + norms[lo + 1 :].max()) + 1e-300
+        # Not "rank <= bound": NaN coordinates must reach the exact test (where the dense argmin stops on them).
+        r, c = np.nonzero(~(rank > (radius[lo:hi] + slack)[:, None]))
+        a, b = r + lo, c + lo + 1
+        keep = b > a
+        a, b = a[keep], b[keep]
+        observed = paired_sq_distances(centroids, a, centroids, b)
+        z = _merge_z(observed, half * (inverse[a] + inverse[b]), z_max, allowance, key_distance, different_sq, risk)
+        keep = ~(z > 1.0) & ~apart.contains(a, b)
+        zs.append(z[keep])
+        firsts.append(a[keep])
+        seconds.append(b[keep])
+    return np.concatenate(zs), np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _merge_sparse(
+    centroids: np.ndarray, counts: np.ndarray, apart: CentroidPairs, key_distance: float, z_max: float,
+    different_sq: np.ndarray | None, risk: float, allowance: float,
+) -> tuple[np.ndarray, list[list[int]]]:
+    """The greedy merge of :func:`_merge_dense` without a (K, K) matrix, giving the same merges in the same order.
+
+    The dense loop takes the row-major first minimum of a symmetric z, i.e. the least (z, a, b) over
+    pairs a < b, merges b into a and recomputes a's row. Here: the pairs that can merge at the start
+    (:func:`merge_candidates`) sorted by (NaN first, z, a, b), plus a heap of the pairs pushed after
+    each merge (the merged centroid's row, 1 x K, computed as the dense loop computes it); an entry
+    is stale once one of its centroids died or changed (versions). Pairs with z > 1 are never needed:
+    when no pair is at most 1 the dense loop stops too. ``apart`` is tracked through the original
+    pairs of each group's members: two groups are apart when any two of their members are.
+    """
+    n = len(centroids)
+    alive = np.ones(n, dtype=bool)
+    version = np.zeros(n, dtype=np.int64)
+    members = [[i] for i in range(n)]
+    if n < 2:
+        return alive, members
+    z0, a0, b0 = merge_candidates(centroids, counts, apart, key_distance, z_max, different_sq, risk, allowance,
+                                  CHUNK_ENTRIES)
+    nan0 = np.isnan(z0)
+    order = np.lexsort((b0, a0, np.where(nan0, 0.0, z0), ~nan0))
+    # Plain lists: the loop reads one entry at a time.
+    first_ok, first_z = (~nan0[order]).tolist(), np.where(nan0, 0.0, z0)[order].tolist()
+    first_a, first_b = a0[order].tolist(), b0[order].tolist()
+    indptr, indices = apart.neighbours()
+    partners: dict[int, np.ndarray] = {}  # original apart partners of the members of a merged group
+    group_of = np.arange(n)
+    heap: list[tuple[bool, float, int, int, int, int]] = []
+    half = 0.5 * key_distance**2
+    pos = 0
+    while True:
+        while pos < len(first_a) and not (version[first_a[pos]] == 0 and version[first_b[pos]] == 0
+                                          and alive[first_a[pos]] and alive[first_b[pos]]):
+            pos += 1
+        while heap and not (alive[heap[0][2]] and alive[heap[0][3]] and version[heap[0][2]] == heap[0][4]
+                            and version[heap[0][3]] == heap[0][5]):
+            heapq.heappop(heap)
+        best = (first_ok[pos], first_z[pos], first_a[pos], first_b[pos]) if pos < len(first_a) else None
+        if heap and (best is None or heap[0][:4] < best):
+            best = heapq.heappop(heap)[:4]
+        elif best is not None:
+            pos += 1
+        if best is None or not best[0] or not best[1] <= 1.0:
+            break  # nothing left that can merge, or a NaN z (the dense argmin stops on it as well)
+        _, _, i, j = best
+        _merge_into(centroids, counts, i, j)
+        alive[j] = False
+        version[i] += 1
+        group_of[members[j]] = i
+        members[i] += members[j]
+        partners[i] = np.concatenate([partners.get(i, indices[indptr[i] : indptr[i + 1]]),
+                                      partners.pop(j, indices[indptr[j] : indptr[j + 1]])])
+        inverse = 1.0 / np.maximum(counts, 1.0)
+        observed = cdist(centroids[i : i + 1], centroids, "sqeuclidean")[0]
+        row = _merge_z(observed, half * (inverse[i] + inverse), z_max, allowance, key_distance, different_sq, risk)
+        row[~alive] = np.inf
+        row[group_of[partners[i]]] = np.inf
+        row[i] = np.inf
+        for k in np.flatnonzero(~(row > 1.0)).tolist():
+            lo, hi = min(i, k), max(i, k)
+            z = float(row[k])
+            nan = math.isnan(z)
+            heapq.heappush(heap, (not nan, 0.0 if nan else z, lo, hi, int(version[lo]), int(version[hi])))
+    return alive, members
 
 
 def merge_close_centroids(
@@ -955,7 +1187,8 @@ def merge_pass(
     tk, _ = as_task_keys(keys)
     assigned = label_tasks(tk, centroids, "improved")
     means, members = member_means(tk, assigned, centroids)
-    apart = cooccurrence(assigned, len(centroids), tk.offsets)
+    sparse = len(centroids) > DENSE_MERGE_MAX
+    apart = (cooccurrence_pairs if sparse else cooccurrence)(assigned, len(centroids), tk.offsets)
     z_max = merge_threshold(config.merge_factor, spread.effective_dim)
     groups: list[list[int]] = []
     # Splitting one class can put its two halves' means up to about 2 sds apart along the split direction,
@@ -964,7 +1197,8 @@ def merge_pass(
     # merge_risk bounds the chance that *any* of the other centroids' classes comes this close (Bonferroni).
     risk = config.merge_risk / max(len(centroids) - 1, 1)
     merged, merged_members = merge_indistinguishable(means, members, apart, spread.distance, z_max,
-                                                     different_sq, risk, groups, allowance)
+                                                     different_sq, risk, groups, allowance,
+                                                     "sparse" if sparse else "dense")
     if len(merged) == len(centroids):
         return centroids, np.maximum(members, 1.0), hits
     pooled = np.array([hits[g].sum() for g in groups])
