@@ -70,7 +70,7 @@ def config_names() -> list[str]:
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-AUTO_FLAGS = ("progress", "tensorboard")  # auto, true or false: the readers check the text
+AUTO_FLAGS = ("progress", "tensorboard", "channels_last")  # auto, true or false: the readers check the text
 
 
 def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
@@ -114,7 +114,7 @@ def apply(cfg: DictConfig, values: dict, where: str = "") -> DictConfig:
 # What the pipeline hands every step: its shared keys (where the step has them) and its per-step section.
 PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "tensorboard", "plots", "dataset", "n_ways", "n_shots",
                    "n_queries", "hflip", "aug_crop", "aug_pad_mode", "aug_jitter", "custom_path", "custom_split",
-                   "image_size")
+                   "image_size", "precision", "channels_last")
 
 
 def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:

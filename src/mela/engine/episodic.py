@@ -14,6 +14,7 @@ from mela.data.augment import Augmenter, AugmentSettings, rotate90
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, TaskSource, check_can_sample
 from mela.device import place_images
+from mela.engine.precision import FP32, Compute, ComputeSettings
 from mela.engine.trainer import (
     OptimSettings,
     ReportSettings,
@@ -78,11 +79,13 @@ def episodic_epoch(
     rotate_aug: bool = False,
     tasks_per_step: int = 1,
     progress: bool = False,
+    compute: Compute = FP32,
 ) -> Callable[[int], dict[str, float]]:
     """Build the function that trains one epoch over ``source``'s tasks.
 
     ``images`` is the split's uint8 (N, H, W, C) tensor (CPU or device);
-    ``item_images`` maps item indices to its rows.
+    ``item_images`` maps item indices to its rows. ``compute`` runs the network pass (autocast, memory
+    layout); the ridge loss always gets float32 features.
     """
     lam = loss_settings.effective_lam(shape.n_ways * shape.n_shots)
     local = torch.arange(shape.n_ways, device=device)
@@ -103,7 +106,7 @@ def episodic_epoch(
             x = x.view(len(batch), shape.n_ways, shape.per_class, *x.shape[1:])
             if rotate_aug:
                 x = rotate_classes(x, generator)
-            features = model(x.flatten(0, 2)).view(len(batch), shape.n_ways, shape.per_class, -1)
+            features = compute.forward(model, x.flatten(0, 2)).view(len(batch), shape.n_ways, shape.per_class, -1)
             support = features[:, :, :shape.n_shots].flatten(1, 2)
             query = features[:, :, shape.n_shots:].flatten(1, 2)
             try:
@@ -142,6 +145,7 @@ class EpisodicSettings:
         seed: seeds the task pile, its order and the augmentation draws.
         progress: draw a bar per epoch with rate and time left (resolve ``auto`` with ``resolve_progress``).
         report: metrics.csv, TensorBoard events and the learning-curve plot (None: none of them).
+        compute: autocast precision and memory layout of the network passes (resolved against the device).
     """
 
     shape: TaskShape
@@ -157,6 +161,7 @@ class EpisodicSettings:
     seed: int = 0
     progress: bool = False
     report: ReportSettings | None = field(default_factory=ReportSettings)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     def __post_init__(self) -> None:
         if self.tasks_per_step < 1:
@@ -189,13 +194,14 @@ def train_episodic(
                         settings.seed)
     how = "fixed pile, no replacement" if settings.no_replacement else "drawn"
     log(f"{len(source)} training tasks per epoch ({how}), {train.n_classes} classes, {train.n_items} images")
-    model.to(device)
+    compute = settings.compute.resolve(device, model.spec.backbone)
+    compute.prepare(model.to(device))
     trainer = Trainer(run_dir, model, model, settings.optim,
-                      make_validator(model, val, mean, std, settings.validation, device), log, metadata,
+                      make_validator(model, val, mean, std, settings.validation, device, compute), log, metadata,
                       settings.report)
     epoch_fn = episodic_epoch(model, trainer.optimizer, source, shape, place_images(train.images, device),
                               train.item_images(), settings.augment.build(mean, std), settings.loss, device,
-                              settings.seed, settings.rotate_aug, settings.tasks_per_step, settings.progress)
+                              settings.seed, settings.rotate_aug, settings.tasks_per_step, settings.progress, compute)
     state = trainer.fit(epoch_fn)
     chosen = trainer.select(settings.validation.select_key)
     return TrainOutcome(chosen, dict(state.best), list(state.history)), len(source)

@@ -21,6 +21,7 @@ from torch import nn
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, check_can_sample
 from mela.engine.checkpoint import load_checkpoint, model_payload, save_atomic
+from mela.engine.precision import FP32, Compute
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_model
 from mela.models.feature_model import FeatureModel
@@ -104,13 +105,16 @@ def check_validation_data(settings: ValidationSettings, data: object, step: str)
 
 def make_validator(
     model: FeatureModel, val: ImageSplit, mean: tuple[float, ...], std: tuple[float, ...],
-    settings: ValidationSettings, device: torch.device,
+    settings: ValidationSettings, device: torch.device, compute: Compute = FP32,
 ) -> Callable[[], dict[str, float]]:
-    """Validation: mean test-time accuracy on ``n_tasks`` val tasks of each shape, keyed ``<k>shot``."""
+    """Validation: mean test-time accuracy on ``n_tasks`` val tasks of each shape, keyed ``<k>shot``.
+
+    The features are extracted under the run's ``compute`` and handed to the heads as float32.
+    """
 
     def run() -> dict[str, float]:
         results = evaluate_model(model, val, list(settings.shapes), settings.n_tasks, settings.protocol, mean, std,
-                                 device)
+                                 device, compute)
         return {f"{shape.n_shots}shot": result.overall.acc
                 for shape, result in zip(settings.shapes, results, strict=True)}
 

@@ -12,6 +12,8 @@ from scipy import stats
 from mela.data.augment import normalize
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, evaluation_tasks, split_support_query
+from mela.device import pixel_tensor
+from mela.engine.precision import FP32, Compute
 from mela.methods.heads import FewShotHead, make_head
 
 
@@ -68,14 +70,20 @@ def extract_features(
     std: tuple[float, ...],
     device: torch.device,
     batch_size: int = 256,
+    compute: Compute = FP32,
 ) -> torch.Tensor:
-    """Features of every image (N, H, W, C uint8), in eval mode, returned on the CPU."""
+    """Features of every image (N, H, W, C uint8), in eval mode, returned on the CPU as float32.
+
+    ``compute`` runs the model (autocast, memory layout: the model is put in its layout); the features
+    leave it as float32, so the heads that follow solve in float32 / float64 whatever the precision.
+    """
     was_training = model.training
     model.eval()
+    compute.prepare(model)
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-        out.append(model(normalize(batch, mean, std)).float().cpu())
+        batch = pixel_tensor(images[start:start + batch_size]).to(device)
+        out.append(compute.forward(model, normalize(batch, mean, std)).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -130,9 +138,10 @@ def evaluate_model(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     device: torch.device,
+    compute: Compute = FP32,
 ) -> list[EvalResult]:
-    """Extract the split's features with ``model`` once, then evaluate every task shape on them."""
-    image_features = extract_features(model, split.images, mean, std, device)
+    """Extract the split's features with ``model`` once (under ``compute``), then evaluate every task shape."""
+    image_features = extract_features(model, split.images, mean, std, device, compute=compute)
     item_features = image_features[split.item_images()]
     return [evaluate_features(item_features, split, shape, n_tasks, protocol.head_factory(), protocol.is_norm)
             for shape in shapes]

@@ -107,7 +107,8 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | None = None) -> dict:
                         f"{peeked.spec.backbone}; set label_recovery_model={peeked.spec.backbone}")
     centroids = load_centroids(settings.pretrained_centroids, store, peeked.feat_dim, settings.pile.n_ways)
     tasks = labeling_pile(train, settings.pile, settings.no_replacement, settings.train_db_size, settings.run.seed)
-    with start_run(settings.run, STEP, data, settings.train_model, settings.config) as run:
+    with start_run(settings.run, STEP, data, settings.train_model, settings.config,
+                   compute=settings.training.compute) as run:
         labeler_model, _ = load_feature_model(labeler_path, run.device)  # after the seed, as every run does
         run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
         features = pile_features(labeler_model, train, tasks, data.mean, data.std, run.device)

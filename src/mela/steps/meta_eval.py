@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
@@ -13,6 +13,7 @@ from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.samplers import TaskShape, check_can_sample
 from mela.device import pick_device
 from mela.engine.checkpoint import check_architecture, load_feature_model
+from mela.engine.precision import ComputeSettings
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_model
 from mela.models.feature_model import check_feat_dim
@@ -39,6 +40,7 @@ class MetaEvalSettings:
     n_tasks: int
     protocol: EvalProtocol
     config: Mapping
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     def for_model(self, run_name: str, model_ref: str, model: str) -> MetaEvalSettings:
         """The same evaluation of another model in another run (how the pipeline evaluates each model)."""
@@ -57,7 +59,7 @@ def read_settings(cfg: DictConfig) -> MetaEvalSettings:
     return MetaEvalSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
                             readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model), producers,
                             str(cfg.split), shapes, int(cfg.test_db_size), readers.read_protocol(cfg, str(cfg.head)),
-                            readers.record(cfg))
+                            readers.record(cfg), readers.read_compute(cfg))
 
 
 def check_data(settings: MetaEvalSettings, data: Dataset) -> None:
@@ -80,9 +82,11 @@ def run(settings: MetaEvalSettings, dataset: Dataset | None = None) -> dict:
     check_architecture(model, settings.model, path)
     check_feat_dim(settings.feat_dim, model)
     split = data.split(settings.split)
-    with start_run(settings.run, STEP, data, settings.model, settings.config, resumable=False) as run:
+    with start_run(settings.run, STEP, data, settings.model, settings.config, resumable=False,
+                   compute=settings.compute) as run:
         results = evaluate_model(model.to(run.device), split, list(settings.shapes), settings.n_tasks,
-                                 settings.protocol, data.mean, data.std, run.device)
+                                 settings.protocol, data.mean, data.std, run.device,
+                                 settings.compute.resolve(run.device, model.spec.backbone))
         rows = []
         for shape, result in zip(settings.shapes, results, strict=True):
             rows.append({"shots": shape.n_shots, "acc": result.overall.acc, "ci": result.overall.ci,
