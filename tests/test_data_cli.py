@@ -172,3 +172,27 @@ def test_an_unknown_sub_command_is_an_argparse_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         data_cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_pack_writes_the_built_in_glyphs_and_loading_them_maps_the_pack(tmp_path: Path, capsys) -> None:
+    from mela.data import glyphs
+    from mela.data.registry import load_split
+
+    code, out, err = run(["pack", "glyphs", "--workspace", str(tmp_path)], capsys)
+    assert code == 0 and err == ""
+    folder = tmp_path / "metaL_data" / "packed" / "glyphs"
+    assert out.splitlines()[0] == (f"glyphs train: 14200 images of 32x32x1, 14200 items -> {folder}/train.images.npy "
+                                   "(13.9 MiB)")
+    for split in ("train", "val", "test"):
+        packed, original = load_split("glyphs", split, tmp_path / "metaL_data"), glyphs.load(Path("."), split)
+        assert isinstance(packed.images, np.memmap) and np.array_equal(packed.images, original.images)
+        assert np.array_equal(packed.labels, original.labels) and packed.class_names == original.class_names
+        assert np.array_equal(packed.superclass, original.superclass)
+
+
+def test_pack_of_an_unknown_data_set_is_one_line_listing_the_valid_names(tmp_path: Path, capsys) -> None:
+    code, out, err = run(["pack", "miniImageNett", "--workspace", str(tmp_path)], capsys)
+    assert code == 2 and out == ""
+    assert re.fullmatch(r"error: cannot pack 'miniImageNett': not a workspace data set; valid names: .*miniImageNet"
+                        r".*\n", err)
+    assert not (tmp_path / "metaL_data").exists()

@@ -32,6 +32,7 @@ from mela.data.tasks import TaskCollection, from_pairs
 from mela.device import pick_device
 from mela.engine.checkpoint import load_feature_model
 from mela.engine.episodic import EpisodicSettings, RidgeLossSettings, train_episodic
+from mela.engine.precision import ComputeSettings, backbone_of
 from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import OptimSettings, ReportSettings, TrainOutcome, ValidationSettings
 from mela.errors import MelaError
@@ -333,16 +334,19 @@ def evaluate(
     n_tasks: int = 1000,
     protocol: EvalProtocol | None = None,
     device: DeviceLike = None,
+    compute: ComputeSettings | None = None,
 ) -> list[ShotResult]:
     """Few-shot accuracy on seeded ``n_ways``-way tasks of ``split``, one :class:`ShotResult` per shot count.
 
     The default protocol is the reference's: L2-normalised features, logistic regression with C = 1.
-    Task i is drawn from seed i, so every model sees the same tasks.
+    Task i is drawn from seed i, so every model sees the same tasks. ``compute`` sets the feature pass's
+    precision and memory layout (default: auto, as ``mela meta-eval``); the heads always solve in float64.
     """
     data, device = _dataset(dataset), _device(device)
     shapes = [TaskShape(n_ways, int(k), n_queries) for k in shots]
+    resolved = (compute or ComputeSettings()).resolve(device, backbone_of(model))
     results = evaluate_model(model.to(device), data.split(split), shapes, n_tasks, protocol or EvalProtocol(),
-                             data.mean, data.std, device)
+                             data.mean, data.std, device, resolved)
     return [ShotResult(shape.n_shots, r.overall.acc, r.overall.ci, r.overall.n_tasks,
                        {g: (a.acc, a.ci) for g, a in r.per_group.items()})
             for shape, r in zip(shapes, results, strict=True)]

@@ -1,4 +1,4 @@
-"""``mela data``: inspect, check, download, unpack and convert base data sets.
+"""``mela data``: inspect, check, download, unpack, convert and pack base data sets.
 
 The workspace is ``--workspace DIR`` when given, else ``$WORKSPACE`` (else
 ``~/mela-workspace``); data live in its ``metaL_data`` folder, as in the reference.
@@ -142,6 +142,13 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from mela.data.packed import pack_dataset
+
+    pack_dataset(args.name, data_dir(_workspace(args)))
+    return 0
+
+
 # --------------------------------------------------------------------------- converters
 
 
@@ -265,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     unpack.add_argument("name", nargs="?", default="all", help="archive name or 'all' (default)")
     unpack.add_argument("--force", action="store_true", help="replace data set folders that already exist")
     unpack.set_defaults(handler=cmd_unpack)
+
+    pack = sub.add_parser("pack", parents=[common], help="store a data set's splits as memory-mapped uint8 arrays",
+                          description="Writes metaL_data/packed/NAME/<split>.images.npy (+ labels and a stamp of the "
+                                      "source files); loading NAME then memory-maps them, shared by every process. "
+                                      "A pack whose source files changed is ignored with a note.")
+    pack.add_argument("name", help="a workspace data set (see `mela data info`)")
+    pack.set_defaults(handler=cmd_pack)
 
     convert = sub.add_parser("convert-tfrecords", parents=[common], help="Meta-Dataset TFRecords -> pickles")
     convert.add_argument("--dataset", required=True, choices=(*META_DATASET_SOURCES, "all"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -42,9 +44,23 @@ def keep_freed_memory() -> bool:
         (m_trim_threshold, 1 << 30), (m_top_pad, 256 << 20), (m_mmap_threshold, 32 << 20)))
 
 
+def pixel_tensor(images: np.ndarray) -> torch.Tensor:
+    """Pixels as a CPU tensor sharing the array's memory, read-only memory maps included (packed data sets).
+
+    torch warns about non-writable arrays because writing through the tensor would fault; mela only ever
+    reads its pixel tensors (batches are gathered by indexing, which copies), so the warning is silenced here.
+    """
+    array = np.ascontiguousarray(images)
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
 def place_images(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """A split's uint8 pixels as one tensor, on the device when they fit comfortably there (else on the CPU)."""
-    pixels = torch.from_numpy(np.ascontiguousarray(images))
+    pixels = pixel_tensor(images)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if pixels.numel() < 0.25 * free:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from mela.config import compose_config
 from mela.engine.checkpoint import load_checkpoint
@@ -92,3 +93,21 @@ def test_the_oracle_trains_with_rotation_heads_and_evaluates(synthetic_dataset, 
 def test_learn_labeler_without_a_meta_repr_model_says_what_to_run_first(synthetic_dataset, workspace):
     with pytest.raises(MelaError, match="no finished learn_meta_repr run"):
         run_step(learn_labeler, tiny_config("learn_labeler", synthetic_dataset, "epochs=1"))
+
+
+def test_a_bf16_run_on_the_cpu_trains_logs_its_precision_and_resumes_in_fp32(synthetic_dataset, workspace):
+    small = ["epochs=1", "run_name=half", "lr_decay_epochs=1", "no_replacement=false", "train_db_size=8"]
+    run_step(learn_meta_repr, tiny_config("learn_meta_repr", synthetic_dataset, *small, "precision=bf16",
+                                          "channels_last=true"))
+    run_dir = saves_dir(workspace) / "learn_meta_repr" / "half"
+    first_line = (run_dir / "log.txt").read_text().splitlines()[0]
+    assert first_line.endswith(f"run folder {run_dir} on cpu, precision bf16, channels_last on (if interrupted, "
+                               "rerun with run_name=half to resume)")
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert (saved.precision, saved.channels_last) == ("bf16", True)
+    history = json.loads((run_dir / "history.json").read_text())
+    assert np.isfinite(history[0]["loss"]) and 20.0 < history[0]["val_2shot"] <= 100.0
+    # Precision and layout say how a run computes, not what: reopening the run with others is not refused.
+    run_step(learn_meta_repr, tiny_config("learn_meta_repr", synthetic_dataset, *small, "precision=fp32"))
+    starts = [line for line in (run_dir / "log.txt").read_text().splitlines() if "| run folder " in line]
+    assert starts[1].split(" on ", 1)[1].startswith("cpu, precision fp32, channels_last on (")  # auto: convnet4

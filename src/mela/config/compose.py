@@ -70,7 +70,7 @@ def config_names() -> list[str]:
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-AUTO_FLAGS = ("progress", "tensorboard")  # auto, true or false: the readers check the text
+AUTO_FLAGS = ("progress", "tensorboard", "channels_last")  # auto, true or false: the readers check the text
 
 
 def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
@@ -115,7 +115,7 @@ def apply(cfg: DictConfig, values: dict, where: str = "") -> DictConfig:
 PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "tensorboard", "plots", "dataset", "n_ways", "n_shots",
                    "n_queries", "hflip", "aug_crop", "aug_pad_mode", "aug_jitter", "custom_path", "custom_split",
                    "image_size", "tasks_path", "tasks_truth", "skip_bad_tasks", "tasks_holdout", "tasks_val",
-                   "eval_dataset")
+                   "eval_dataset", "precision", "channels_last")
 
 
 def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:

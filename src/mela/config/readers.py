@@ -14,12 +14,13 @@ from mela.data.augment import AugmentSettings
 from mela.data.registry import DatasetRef
 from mela.data.samplers import TaskShape
 from mela.engine.episodic import EpisodicSettings, RidgeLossSettings
+from mela.engine.precision import ComputeSettings
 from mela.engine.supervised import SupervisedSettings
 from mela.engine.trainer import OptimSettings, ReportSettings, ValidationSettings, parse_decay_epochs
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol
 from mela.methods.labeler import LabelerConfig
-from mela.reporting.progress import resolve_progress
+from mela.reporting.progress import parse_auto_flag, resolve_progress
 from mela.runs.store import NO_MODEL, RunSettings
 
 
@@ -104,6 +105,12 @@ def read_report(cfg: DictConfig) -> ReportSettings:
     return ReportSettings(tensorboard=cfg.tensorboard, plots=bool(cfg.plots))
 
 
+def read_compute(cfg: DictConfig) -> ComputeSettings:
+    """``precision`` (auto, fp32, bf16) and ``channels_last`` (auto, true, false); resolved later, on the device."""
+    return ComputeSettings(str(cfg.get("precision", "auto")),
+                           parse_auto_flag("channels_last", cfg.get("channels_last", "auto")))
+
+
 def read_episodic(cfg: DictConfig) -> EpisodicSettings:
     if cfg.sample_shape != "few_shot":
         raise MelaError(f"{cfg.logger_name} trains on few_shot tasks; sample_shape={cfg.sample_shape} is not "
@@ -113,7 +120,7 @@ def read_episodic(cfg: DictConfig) -> EpisodicSettings:
         shape=read_shape(cfg), optim=read_optim(cfg), validation=read_validation(cfg), augment=read_augment(cfg),
         loss=loss, no_replacement=bool(cfg.no_replacement), fixed_db=bool(cfg.fixed_db),
         train_db_size=int(cfg.train_db_size), tasks_per_step=int(cfg.tasks_per_step), rotate_aug=bool(cfg.rotate_aug),
-        seed=int(cfg.seed), progress=read_progress(cfg), report=read_report(cfg),
+        seed=int(cfg.seed), progress=read_progress(cfg), report=read_report(cfg), compute=read_compute(cfg),
     )
 
 
@@ -122,7 +129,7 @@ def read_supervised(cfg: DictConfig, data_aug_key: str = "data_aug", rotate_key:
     return SupervisedSettings(
         optim=read_optim(cfg), validation=read_validation(cfg), batch_size=int(cfg.batch_size),
         augment=read_augment(cfg, data_aug_key), rotate_aug=bool(cfg[rotate_key]), seed=int(cfg.seed),
-        progress=read_progress(cfg), report=read_report(cfg),
+        progress=read_progress(cfg), report=read_report(cfg), compute=read_compute(cfg),
     )
 
 

@@ -110,9 +110,15 @@ def missing_files(name: str, split: str, data_dir: Path) -> list[Path]:
     return _missing(get_dataset_spec(name), split, data_dir)
 
 
-def _load(spec: DatasetSpec, split: str, data_dir: Path) -> ImageSplit:
+def _load(spec: DatasetSpec, split: str, data_dir: Path, use_pack: bool = True) -> ImageSplit:
     if split not in spec.splits:
         raise MelaError(f"data set '{spec.name}' has no split '{split}'; it has {', '.join(spec.splits)}")
+    if use_pack:  # a consistent `mela data pack` copy is memory-mapped instead of reading the files
+        from mela.data.packed import load_packed
+
+        packed = load_packed(spec, split, Path(data_dir))
+        if packed is not None:
+            return packed
     missing = _missing(spec, split, data_dir)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -86,14 +86,16 @@ def read_pickle(path: Path) -> Any:
         raise MelaError(f"{path} is unreadable or corrupt ({type(exc).__name__}: {exc}); get the file again") from exc
 
 
-def read_npy(path: Path, key: str | None = None, mmap: bool = False) -> np.ndarray:
+def read_npy(path: Path, key: str | None = None, mmap: bool = False, read_only: bool = False) -> np.ndarray:
     """Load an .npy file (memory-mapped with ``mmap``), or array ``key`` of an .npz file; failures name the file.
 
     Memory-mapping (copy-on-write: the array is writable, the file never changes) lets tiered780's
-    multi-gigabyte image array be used without reading it all into RAM.
+    multi-gigabyte image array be used without reading it all into RAM. ``read_only`` maps it read-only
+    instead (packed data sets): every process reading the file shares the same page-cache pages.
     """
+    mode = ("r" if read_only else "c") if mmap and key is None else None
     try:
-        loaded = np.load(path, allow_pickle=False, mmap_mode="c" if mmap and key is None else None)
+        loaded = np.load(path, allow_pickle=False, mmap_mode=mode)
         if key is None:
             if not isinstance(loaded, np.ndarray):
                 raise ValueError("expected an .npy array")

@@ -15,6 +15,7 @@ from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, TaskSource, check_can_sample
 from mela.data.tasks import TaskCollection, check_scorable, scorable_tasks, support_query
 from mela.device import place_images
+from mela.engine.precision import FP32, Compute, ComputeSettings
 from mela.engine.trainer import (
     OptimSettings,
     ReportSettings,
@@ -79,11 +80,13 @@ def episodic_epoch(
     rotate_aug: bool = False,
     tasks_per_step: int = 1,
     progress: bool = False,
+    compute: Compute = FP32,
 ) -> Callable[[int], dict[str, float]]:
     """Build the function that trains one epoch over ``source``'s tasks.
 
     ``images`` is the split's uint8 (N, H, W, C) tensor (CPU or device);
-    ``item_images`` maps item indices to its rows.
+    ``item_images`` maps item indices to its rows. ``compute`` runs the network pass (autocast, memory
+    layout); the ridge loss always gets float32 features.
     """
     lam = loss_settings.effective_lam(shape.n_ways * shape.n_shots)
     local = torch.arange(shape.n_ways, device=device)
@@ -104,7 +107,7 @@ def episodic_epoch(
             x = x.view(len(batch), shape.n_ways, shape.per_class, *x.shape[1:])
             if rotate_aug:
                 x = rotate_classes(x, generator)
-            features = model(x.flatten(0, 2)).view(len(batch), shape.n_ways, shape.per_class, -1)
+            features = compute.forward(model, x.flatten(0, 2)).view(len(batch), shape.n_ways, shape.per_class, -1)
             support = features[:, :, :shape.n_shots].flatten(1, 2)
             query = features[:, :, shape.n_shots:].flatten(1, 2)
             try:
@@ -150,6 +153,7 @@ def collection_epoch(
     rotate_aug: bool = False,
     tasks_per_step: int = 1,
     progress: bool = False,
+    compute: Compute = FP32,
 ) -> Callable[[int], dict[str, float]]:
     """Build the function that trains one epoch over a collection's tasks, each used as it is.
 
@@ -179,7 +183,7 @@ def collection_epoch(
                 groups = np.concatenate([np.concatenate([e.support_labels, e.query_labels]) + o
                                          for e, o in zip(episodes, offsets, strict=True)])
                 x = rotate_groups(x, torch.from_numpy(groups), generator)
-            features = model(x)
+            features = compute.forward(model, x)
             losses, values = [], {}
             at = 0
             for e in episodes:
@@ -226,6 +230,7 @@ class EpisodicSettings:
         seed: seeds the task pile, its order and the augmentation draws.
         progress: draw a bar per epoch with rate and time left (resolve ``auto`` with ``resolve_progress``).
         report: metrics.csv, TensorBoard events and the learning-curve plot (None: none of them).
+        compute: autocast precision and memory layout of the network passes (resolved against the device).
     """
 
     shape: TaskShape
@@ -241,6 +246,7 @@ class EpisodicSettings:
     seed: int = 0
     progress: bool = False
     report: ReportSettings | None = field(default_factory=ReportSettings)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     def __post_init__(self) -> None:
         if self.tasks_per_step < 1:
@@ -277,9 +283,10 @@ def train_episodic(
     ``train`` is a base data set's split (tasks sampled in ``settings.shape``) or a task collection (its tasks
     used as they are; ``shape``, ``no_replacement``, ``fixed_db`` and ``train_db_size`` do not apply).
     """
-    model.to(device)
+    compute = settings.compute.resolve(device, model.spec.backbone)
+    compute.prepare(model.to(device))
     trainer = Trainer(run_dir, model, model, settings.optim,
-                      make_validator(model, val, mean, std, settings.validation, device), log, metadata,
+                      make_validator(model, val, mean, std, settings.validation, device, compute), log, metadata,
                       settings.report)
     augmenter = settings.augment.build(mean, std)
     if isinstance(train, TaskCollection):
@@ -292,7 +299,7 @@ def train_episodic(
             f"{train.n_items} images")
         epoch_fn = collection_epoch(model, trainer.optimizer, train, place_images(train.images, device), augmenter,
                                     settings.loss, device, settings.seed, settings.rotate_aug,
-                                    settings.tasks_per_step, settings.progress)
+                                    settings.tasks_per_step, settings.progress, compute)
         state = trainer.fit(epoch_fn)
         chosen = trainer.select(settings.validation.select_key)
         return TrainOutcome(chosen, dict(state.best), list(state.history)), n_tasks
@@ -303,7 +310,7 @@ def train_episodic(
     log(f"{len(source)} training tasks per epoch ({how}), {train.n_classes} classes, {train.n_items} images")
     epoch_fn = episodic_epoch(model, trainer.optimizer, source, shape, place_images(train.images, device),
                               train.item_images(), augmenter, settings.loss, device,
-                              settings.seed, settings.rotate_aug, settings.tasks_per_step, settings.progress)
+                              settings.seed, settings.rotate_aug, settings.tasks_per_step, settings.progress, compute)
     state = trainer.fit(epoch_fn)
     chosen = trainer.select(settings.validation.select_key)
     return TrainOutcome(chosen, dict(state.best), list(state.history)), len(source)

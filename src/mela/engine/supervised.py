@@ -15,6 +15,7 @@ from mela.data.augment import Augmenter, AugmentSettings, rotation_expand
 from mela.data.base import ImageSplit
 from mela.device import place_images
 from mela.engine.episodic import diverged
+from mela.engine.precision import FP32, Compute, ComputeSettings
 from mela.engine.trainer import OptimSettings, ReportSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
 from mela.errors import MelaError
 from mela.models.feature_model import Classifier, FeatureModel
@@ -39,11 +40,13 @@ def supervised_epoch(
     seed: int,
     rotate_aug: bool = False,
     progress: bool = False,
+    compute: Compute = FP32,
 ) -> Callable[[int], dict[str, float]]:
     """Build the function that trains one epoch of cross-entropy over the items.
 
     ``label_sets`` holds one label array per head (one head unless multi-head,
-    h_aircraft's three granularities); the loss is the mean over heads.
+    h_aircraft's three granularities); the loss is the mean over heads. ``compute`` runs the network
+    pass (autocast, memory layout); the logits leave it as float32, so the cross-entropy is float32.
     """
     labels = [torch.from_numpy(np.asarray(ls, dtype=np.int64)) for ls in label_sets]
 
@@ -62,7 +65,7 @@ def supervised_epoch(
                 expanded = [rotation_expand(x, t, n) for t, n in zip(targets, n_classes, strict=True)]
                 x = expanded[0][0]
                 targets = [t for _, t in expanded]
-            outputs = classifier(x)
+            outputs = compute.forward(classifier, x)
             loss = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets, strict=True)]).mean()
             value = float(loss.detach())
             if not math.isfinite(value):  # checked before the step, so the weights stay finite
@@ -91,6 +94,7 @@ class SupervisedSettings:
         seed: seeds the batch order and the augmentation draws.
         progress: draw a bar per epoch with rate and time left (resolve ``auto`` with ``resolve_progress``).
         report: metrics.csv, TensorBoard events and the learning-curve plot (None: none of them).
+        compute: autocast precision and memory layout of the network passes (resolved against the device).
     """
 
     optim: OptimSettings
@@ -101,6 +105,7 @@ class SupervisedSettings:
     seed: int = 0
     progress: bool = False
     report: ReportSettings | None = field(default_factory=ReportSettings)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -126,16 +131,17 @@ def train_supervised(
     ``item_images`` are rows of ``images.images``; ``label_sets`` one label array per head, aligned with them.
     """
     n_classes = [int(ls.max()) + 1 for ls in label_sets]
+    compute = settings.compute.resolve(device, model.spec.backbone)
     model.to(device)
-    classifier = Classifier(model, head_sizes(n_classes, settings.rotate_aug)).to(device)
+    classifier = compute.prepare(Classifier(model, head_sizes(n_classes, settings.rotate_aug)).to(device))
     trainer = Trainer(run_dir, model, classifier, settings.optim,
-                      make_validator(model, val, mean, std, settings.validation, device), log, metadata,
+                      make_validator(model, val, mean, std, settings.validation, device, compute), log, metadata,
                       settings.report)
     log(f"supervised training on {len(item_images)} images, {n_classes} classes per head, "
         f"data_aug={settings.augment.enabled} rotate_aug={settings.rotate_aug}")
     epoch_fn = supervised_epoch(classifier, trainer.optimizer, place_images(images.images, device), item_images,
                                 label_sets, n_classes, settings.augment.build(mean, std), settings.batch_size, device,
-                                settings.seed, settings.rotate_aug, settings.progress)
+                                settings.seed, settings.rotate_aug, settings.progress, compute)
     state = trainer.fit(epoch_fn)
     chosen = trainer.select(settings.validation.select_key)
     return TrainOutcome(chosen, dict(state.best), list(state.history)), n_classes

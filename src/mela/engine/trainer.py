@@ -22,6 +22,7 @@ from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, check_can_sample
 from mela.data.tasks import TaskCollection, check_scorable
 from mela.engine.checkpoint import load_checkpoint, model_payload, save_atomic
+from mela.engine.precision import FP32, Compute
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_collection, evaluate_model
 from mela.models.feature_model import FeatureModel
@@ -108,22 +109,23 @@ def check_validation_data(settings: ValidationSettings, data: object, step: str)
 
 def make_validator(
     model: FeatureModel, val: ImageSplit | TaskCollection, mean: tuple[float, ...], std: tuple[float, ...],
-    settings: ValidationSettings, device: torch.device,
+    settings: ValidationSettings, device: torch.device, compute: Compute = FP32,
 ) -> Callable[[], dict[str, float]]:
     """Validation: mean test-time accuracy on ``n_tasks`` val tasks of each shape, keyed ``<k>shot``.
 
     On a task collection the val tasks are used as given: inside each, every class gives ``k`` support images
-    (at most all but one) and the rest are queries (at most ``n_tasks`` tasks).
+    (at most all but one) and the rest are queries (at most ``n_tasks`` tasks). The features are extracted
+    under the run's ``compute`` and handed to the heads as float32.
     """
 
     def run() -> dict[str, float]:
         if isinstance(val, TaskCollection):
             shots = [shape.n_shots for shape in settings.shapes]
             results = evaluate_collection(model, val, shots, settings.protocol, mean, std, device,
-                                          max_tasks=settings.n_tasks)
+                                          max_tasks=settings.n_tasks, compute=compute)
             return {f"{k}shot": result.accuracy.acc for k, result in zip(shots, results, strict=True)}
         results = evaluate_model(model, val, list(settings.shapes), settings.n_tasks, settings.protocol, mean, std,
-                                 device)
+                                 device, compute)
         return {f"{shape.n_shots}shot": result.overall.acc
                 for shape, result in zip(settings.shapes, results, strict=True)}
 

@@ -14,6 +14,8 @@ from mela.data.augment import normalize
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, evaluation_tasks, split_support_query
 from mela.data.tasks import TaskCollection, support_query
+from mela.device import pixel_tensor
+from mela.engine.precision import FP32, Compute
 from mela.methods.heads import FewShotHead, make_head
 
 
@@ -71,14 +73,20 @@ def extract_features(
     std: tuple[float, ...],
     device: torch.device,
     batch_size: int = 256,
+    compute: Compute = FP32,
 ) -> torch.Tensor:
-    """Features of every image (N, H, W, C uint8), in eval mode, returned on the CPU."""
+    """Features of every image (N, H, W, C uint8), in eval mode, returned on the CPU as float32.
+
+    ``compute`` runs the model (autocast, memory layout: the model is put in its layout); the features
+    leave it as float32, so the heads that follow solve in float32 / float64 whatever the precision.
+    """
     was_training = model.training
     model.eval()
+    compute.prepare(model)
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-        out.append(model(normalize(batch, mean, std)).float().cpu())
+        batch = pixel_tensor(images[start:start + batch_size]).to(device)
+        out.append(compute.forward(model, normalize(batch, mean, std)).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -133,9 +141,10 @@ def evaluate_model(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     device: torch.device,
+    compute: Compute = FP32,
 ) -> list[EvalResult]:
-    """Extract the split's features with ``model`` once, then evaluate every task shape on them."""
-    image_features = extract_features(model, split.images, mean, std, device)
+    """Extract the split's features with ``model`` once (under ``compute``), then evaluate every task shape."""
+    image_features = extract_features(model, split.images, mean, std, device, compute=compute)
     item_features = image_features[split.item_images()]
     return [evaluate_features(item_features, split, shape, n_tasks, protocol.head_factory(), protocol.is_norm)
             for shape in shapes]
@@ -199,12 +208,13 @@ def evaluate_collection(
     device: torch.device,
     seed: int = 0,
     max_tasks: int | None = None,
+    compute: Compute = FP32,
 ) -> list[CollectionResult]:
     """Features of the images the (first ``max_tasks``) tasks use, once, then :func:`evaluate_collection_features`
     per shot count."""
     n_tasks = collection.n_tasks if max_tasks is None else min(max_tasks, collection.n_tasks)
     collection = collection.subset(np.arange(n_tasks), compact=True)  # only the images these tasks use
-    image_features = extract_features(model, collection.images, mean, std, device)
+    image_features = extract_features(model, collection.images, mean, std, device, compute=compute)
     head_factory = dataclasses.replace(protocol, balanced=True).head_factory()  # supports of unequal sizes
     return [evaluate_collection_features(image_features, collection, head_factory, k, protocol.is_norm, seed)
             for k in shots]

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from mela.data.registry import Dataset
 from mela.data.task_dataset import TaskDataset
 from mela.device import pick_device
+from mela.engine.precision import ComputeSettings
 from mela.errors import MelaError
 from mela.jsonio import json_safe, read_json, write_json_atomic
 from mela.runlock import RunLock
@@ -218,7 +219,7 @@ def default_run_name(dataset: str, model_name: str, trial: str) -> str:
 
 # Settings that do not change what a run computes: a rerun may change them freely.
 NOT_DEFINING = frozenset({"device", "progress", "workspace", "run_name", "num_workers", "tensorboard", "plots",
-                          "logger_name", "trial"})
+                          "logger_name", "trial", "precision", "channels_last"})
 
 
 def differing_settings(saved: Mapping, new: Mapping) -> list[str]:
@@ -253,14 +254,16 @@ SKIPPED_SHOWN = 20  # skipped tasks named one per line in a run's log; the rest 
 
 
 def start_run(settings: RunSettings, step: str, dataset: Dataset | TaskDataset | str, model_name: str, config: Mapping,
-              resumable: bool = True) -> Run:
+              resumable: bool = True, compute: ComputeSettings | None = None) -> Run:
     """Lock the run folder (creating it, or reopening it to resume), check and save the config, open the log.
 
-    Call it after every check of settings and data, so a rejected run leaves no folder behind.
+    Call it after every check of settings and data, so a rejected run leaves no folder behind. ``compute`` (the
+    step's precision and memory layout) is resolved on the run's device and stated in the log's first line.
     """
     store = RunStore(settings.workspace)
     init_workspace(store.root)
     device = pick_device(settings.device)
+    on = f"{device}, {compute.resolve(device, model_name).describe()}" if compute is not None else f"{device}"
     name, identity = (dataset, dataset) if isinstance(dataset, str) else (dataset.name, dataset.identity)
     run_name = settings.run_name or default_run_name(name, model_name, settings.trial)
     run_dir = store.run_dir(step, str(run_name))
@@ -280,7 +283,7 @@ def start_run(settings: RunSettings, step: str, dataset: Dataset | TaskDataset |
     torch.manual_seed(settings.seed)
     run = Run(step, name, identity, model_name, run_dir, device, logger, lock, created)
     hint = f" (if interrupted, rerun with run_name={run_name} to resume)" if resumable else ""
-    run.log(f"run folder {run_dir} on {device}{hint}")
+    run.log(f"run folder {run_dir} on {on}{hint}")
     if isinstance(dataset, TaskDataset):
         run.log(dataset.describe())
         for note in dataset.collection.notes:

@@ -48,7 +48,8 @@ def run(settings: FineTuneSettings, dataset: Dataset | None = None) -> dict:
     check_data(settings, data)
     train, val = data.episode_data("train"), data.episode_data("val")
     check_architecture(peek_model(source), settings.model, source)
-    with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
+    with start_run(settings.run, STEP, data, settings.model, settings.config,
+                   compute=settings.training.compute) as run:
         base, _ = load_feature_model(source, run.device)  # after the seed: the MLP's initialisation follows it
         run.log(f"fine-tuning on top of {source}")
         model = FeatureModel(ModelSpec(base.spec.backbone, base.spec.backbone_kwargs, residual_mlp=True))

@@ -125,7 +125,8 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | TaskDataset | None = 
     centroids = load_centroids(settings.pretrained_centroids, store, peeked.feat_dim, min_ways)
     pile = None if on_tasks else labeling_pile(data.split("train"), settings.pile, settings.no_replacement,
                                                settings.train_db_size, settings.run.seed)
-    with start_run(settings.run, STEP, data, settings.train_model, settings.config) as run:
+    with start_run(settings.run, STEP, data, settings.train_model, settings.config,
+                   compute=settings.training.compute) as run:
         labeler_model, _ = load_feature_model(labeler_path, run.device)  # after the seed, as every run does
         if on_tasks:
             images, item_images, inferred, report = _label_collection(run, settings, data, labeler_model, labeler_path,

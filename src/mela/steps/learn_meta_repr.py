@@ -48,7 +48,8 @@ def run(settings: LearnMetaReprSettings, dataset: Dataset | None = None) -> dict
     start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
     check_data(settings, data)
     train, val = data.episode_data("train"), data.episode_data("val")
-    with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
+    with start_run(settings.run, STEP, data, settings.model, settings.config,
+                   compute=settings.training.compute) as run:
         model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
         outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
                                           run.run_dir, run.log, {"step": STEP, "dataset": settings.dataset.name})

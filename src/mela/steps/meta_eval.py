@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
@@ -15,6 +15,7 @@ from mela.data.task_dataset import TaskDataset
 from mela.data.tasks import check_scorable
 from mela.device import pick_device
 from mela.engine.checkpoint import check_architecture, load_feature_model
+from mela.engine.precision import Compute, ComputeSettings
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_collection, evaluate_model
 from mela.models.feature_model import FeatureModel, check_feat_dim
@@ -43,6 +44,7 @@ class MetaEvalSettings:
     protocol: EvalProtocol
     config: Mapping
     eval_dataset: DatasetRef | None = None
+    compute: ComputeSettings = field(default_factory=ComputeSettings)
 
     def for_model(self, run_name: str, model_ref: str, model: str) -> MetaEvalSettings:
         """The same evaluation of another model in another run (how the pipeline evaluates each model)."""
@@ -69,7 +71,7 @@ def read_settings(cfg: DictConfig) -> MetaEvalSettings:
     return MetaEvalSettings(readers.read_run(cfg), dataset, str(cfg.model),
                             readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model), producers,
                             str(cfg.split), shapes, int(cfg.test_db_size), readers.read_protocol(cfg, str(cfg.head)),
-                            readers.record(cfg), eval_dataset)
+                            readers.record(cfg), eval_dataset, readers.read_compute(cfg))
 
 
 def check_data(settings: MetaEvalSettings, data: Dataset | TaskDataset, other: Dataset | None = None) -> None:
@@ -122,25 +124,27 @@ def run(settings: MetaEvalSettings, dataset: Dataset | TaskDataset | None = None
     model, _ = load_feature_model(path, pick_device(settings.run.device))
     check_architecture(model, settings.model, path)
     check_feat_dim(settings.feat_dim, model)
-    with start_run(settings.run, STEP, data, settings.model, settings.config, resumable=False) as run:
+    with start_run(settings.run, STEP, data, settings.model, settings.config, resumable=False,
+                   compute=settings.compute) as run:
         model = model.to(run.device)
+        compute = settings.compute.resolve(run.device, model.spec.backbone)
         rows = []
         if isinstance(data, TaskDataset):
             if len(data.indices["test"]):
-                rows.append(_held_out_row(run, settings, data, model))
+                rows.append(_held_out_row(run, settings, data, model, compute))
         else:
-            rows += _shot_rows(run, settings, data, data, model)
+            rows += _shot_rows(run, settings, data, data, model, compute)
         if other is not None:
-            rows += _shot_rows(run, settings, other, data, model, column_prefix=f"{other.name} ")
+            rows += _shot_rows(run, settings, other, data, model, compute, column_prefix=f"{other.name} ")
         run.write_json("results.json", {"model": str(path), "rows": rows})
         return run.finish({"model": str(path), "rows": rows})
 
 
 def _shot_rows(run: Run, settings: MetaEvalSettings, data: Dataset, normalised_as: Dataset | TaskDataset,
-               model: FeatureModel, column_prefix: str = "") -> list[dict]:
+               model: FeatureModel, compute: Compute, column_prefix: str = "") -> list[dict]:
     """One row per shot count on ``data``'s split (pixels normalised as the model was trained: ``normalised_as``)."""
     results = evaluate_model(model, data.split(settings.split), list(settings.shapes), settings.n_tasks,
-                             settings.protocol, normalised_as.mean, normalised_as.std, run.device)
+                             settings.protocol, normalised_as.mean, normalised_as.std, run.device, compute)
     rows = []
     for shape, result in zip(settings.shapes, results, strict=True):
         row = {"shots": shape.n_shots, "acc": result.overall.acc, "ci": result.overall.ci,
@@ -157,11 +161,12 @@ def _shot_rows(run: Run, settings: MetaEvalSettings, data: Dataset, normalised_a
     return rows
 
 
-def _held_out_row(run: Run, settings: MetaEvalSettings, data: TaskDataset, model: FeatureModel) -> dict:
+def _held_out_row(run: Run, settings: MetaEvalSettings, data: TaskDataset, model: FeatureModel,
+                  compute: Compute) -> dict:
     """Accuracy inside each held-out task: half of each class's images as support, the rest as queries."""
     held_out = data.tasks("test")
     result = evaluate_collection(model, held_out, [None], settings.protocol, data.mean, data.std, run.device,
-                                 seed=settings.run.seed)[0]
+                                 seed=settings.run.seed, compute=compute)[0]
     acc = result.accuracy
     left_out = []
     if result.unscored_classes:

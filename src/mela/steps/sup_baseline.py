@@ -68,7 +68,8 @@ def run(settings: SupBaselineSettings, dataset: Dataset | TaskDataset | None = N
     start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
     check_data(settings, data)
     train, val = data.episode_data("train"), data.episode_data("val")
-    with start_run(settings.run, STEP, data, settings.model, settings.config) as run:
+    with start_run(settings.run, STEP, data, settings.model, settings.config,
+                   compute=settings.training.compute) as run:
         model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
         item_images, label_sets = true_label_sets(train)
         outcome, n_classes = train_supervised(model, train, item_images, label_sets, val, data.mean, data.std,

@@ -1,0 +1,152 @@
+"""Numeric precision and memory layout of the network passes: ``precision`` and ``channels_last``.
+
+Why: bfloat16 autocast roughly doubles a GPU's convolution throughput and halves its activation memory, and the
+channels-last layout (NHWC) lets some convolution kernels skip layout conversions. Neither may touch the solves
+whose accuracy needs full precision: the ridge meta-learner's solve and the test-time heads always get float32
+(or float64) features, because :meth:`Compute.forward` casts every output leaving autocast with ``.float()``.
+
+A step asks with :class:`ComputeSettings` (``auto`` allowed, checked when read, before any data is loaded);
+the run resolves it once against its device into a :class:`Compute`, which the training and evaluation loops use.
+
+What ``auto`` picks, and the measurements behind it (``benchmarks/train_throughput.py``, results in
+``benchmarks/results/train_throughput_cpu.json``; 2-core AMD EPYC with AVX2 only, shared with other work):
+
+- precision: bf16 on a CUDA device that supports it (``torch.cuda.is_bf16_supported()``), fp32 elsewhere. On
+  this CPU, which has no native bfloat16 arithmetic (no AVX512-BF16 / AMX), bf16 autocast was 6x slower for
+  convnet4 at 32 px (fwd + bwd + SGD, 58 against 364 images/s) and about 18x slower for resnet12 at 84 px
+  (0.2 against 3.7 images/s), so it is never chosen on a CPU by itself (``precision=bf16`` still forces it).
+- channels_last on the CPU: convnet4 at 32 px went from 364 to 529 images/s (+45 %, as the issue's 929 -> 1333),
+  but resnet12 at 84 px fell from 3.7 to 1.8 images/s; ``auto`` turns it on for the backbones measured faster
+  (:data:`CPU_CHANNELS_LAST`). On CUDA it is on for every convolutional backbone, PyTorch's advice for convolutions
+  under autocast (not measured here: ``benchmarks/gpu_check.sh`` fills those rows on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mela.errors import MelaError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+# Backbones whose training step measured faster in channels_last on the CPU (see the module docstring).
+CPU_CHANNELS_LAST = frozenset({"convnet4"})
+# Backbones that take (B, C, H, W) images through convolutions; others gain nothing from the layout.
+CONV_BACKBONES = frozenset({"convnet4", "resnet12", "seresnet12", "resnet18", "wrn_28_10"})
+
+
+@dataclass(frozen=True)
+class Compute:
+    """A resolved choice for one run on one device: autocast dtype and memory layout.
+
+    Attributes:
+        device_type: ``cpu`` or ``cuda`` (what autocast is entered for).
+        precision: ``fp32`` or ``bf16``.
+        channels_last: models and image batches in ``torch.channels_last`` memory format.
+    """
+
+    device_type: str = "cpu"
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for ``bf16``; nothing for ``fp32``."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model in this run's memory format (in place; parameters keep their values)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """An image batch (B, C, H, W) in this run's memory format."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``module(x)`` under autocast, every output cast back to float32 for the losses and solves after it."""
+        with self.autocast():
+            out = module(self.batch(x))
+        if isinstance(out, (list, tuple)):
+            return [o.float() for o in out]
+        return out.float()
+
+    def describe(self) -> str:
+        """For the run's log line: ``precision bf16, channels_last on``."""
+        return f"precision {self.precision}, channels_last {'on' if self.channels_last else 'off'}"
+
+
+FP32 = Compute()
+
+
+def check_precision(text: str) -> str:
+    """``auto``, ``fp32`` or ``bf16``; anything else is a one-line error listing them."""
+    value = str(text).strip().lower()
+    if value not in PRECISIONS:
+        raise MelaError(f"precision must be one of {', '.join(PRECISIONS)}, got {text!r}")
+    return value
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 autocast: any CPU; a CUDA GPU that reports bf16 support."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported())
+    return False
+
+
+def channels_last_auto(device_type: str, backbone: str | None) -> bool:
+    """What ``channels_last=auto`` picks: where the layout measured faster (see the module docstring)."""
+    if backbone not in CONV_BACKBONES:
+        return False
+    if device_type == "cuda":
+        return True
+    return device_type == "cpu" and backbone in CPU_CHANNELS_LAST
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """What a step asks for: ``precision`` (auto | fp32 | bf16) and ``channels_last`` (None for auto, or a bool).
+
+    Bad values fail here, when the config is read; :meth:`resolve` turns the request into a :class:`Compute`.
+    """
+
+    precision: str = "auto"
+    channels_last: bool | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", check_precision(self.precision))
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise MelaError(f"channels_last must be auto, true or false, got {self.channels_last!r}")
+
+    def resolve(self, device: torch.device | str, backbone: str | None = None) -> Compute:
+        """The run's choice on ``device`` for a model with this ``backbone`` (what ``channels_last=auto`` reads).
+
+        ``precision=bf16`` on a CUDA GPU without bfloat16 is a one-line error.
+        """
+        device = torch.device(device)
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" and bf16_supported(device) else "fp32"
+        elif precision == "bf16" and not bf16_supported(device):
+            name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+            raise MelaError(f"precision=bf16 was asked for but {device} ({name}) has no bfloat16 support; "
+                            "use precision=fp32 or precision=auto")
+        channels_last = self.channels_last
+        if channels_last is None:
+            channels_last = channels_last_auto(device.type, backbone)
+        return Compute(device.type, precision, channels_last)
+
+
+def backbone_of(model: nn.Module) -> str | None:
+    """The backbone name of a :class:`~mela.models.feature_model.FeatureModel` (or a classifier around one)."""
+    for candidate in (model, getattr(model, "features", None)):
+        spec = getattr(candidate, "spec", None)
+        if spec is not None:
+            return str(spec.backbone)
+    return None
