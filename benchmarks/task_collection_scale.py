@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=None, help="default: tasks / 5 (recurrences stay in 1-30)")
     parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--recur", default="1-30", help="how often a class recurs, LOW-HIGH (mela tasks make --recur)")
     parser.add_argument("--side", type=int, default=16)
     parser.add_argument("--dir", help="work folder (default: a temporary one, removed afterwards)")
     parser.add_argument("--no-labeler", action="store_true", help="only load the manifest")
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     split = ImageSplit(images, np.repeat(np.arange(n_classes), args.per_class))
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
         start = time.perf_counter()
-        made = make_tasks(split, MakeSettings(n_tasks=args.tasks, seed=0))
+        low, high = (int(v) for v in args.recur.split("-"))
+        made = make_tasks(split, MakeSettings(n_tasks=args.tasks, recur=(low, high), seed=0))
         make_s = time.perf_counter() - start
         start = time.perf_counter()
         manifest = write_tasks(made, split, Path(work) / "tasks", "manifest")
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         baseline = _child("--baseline-child")
         loaded = _child("--load-child", str(manifest), *(["--no-labeler"] if args.no_labeler else []))
     result = {
-        "tasks": args.tasks, "classes": n_classes, "manifest_rows": rows, "image_side": args.side,
+        "tasks": args.tasks, "classes": n_classes, "recur": args.recur, "manifest_rows": rows, "image_side": args.side,
         "make_s": round(make_s, 2), "write_s": round(write_s, 2), **{k: v for k, v in loaded.items()},
         "import_only_peak_rss_mb": baseline["peak_rss_mb"],
         "load_peak_rss_over_import_mb": round(loaded["peak_rss_mb"] - baseline["peak_rss_mb"], 1),
