@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["eval_heads.py", "glyph_pixel_baseline.py", "glyph_load_time.py"]
+SCRIPTS = ["eval_heads.py", "glyph_pixel_baseline.py", "glyph_load_time.py", "train_throughput.py"]
 
 if __name__ == "__main__":
     for script in SCRIPTS:

@@ -6,7 +6,8 @@ pass, float32 ridge solve / cross-entropy after it, SGD with momentum):
 - ``episodic``: learn_meta_repr's step (``mela.engine.episodic.episodic_epoch``), ridge loss + regularisers;
 - ``supervised``: the pre-training step of learn_labeler / sup_baseline (``mela.engine.supervised.supervised_epoch``).
 
-for convnet4 at 32 px and resnet12 at 84 px (3-channel random uint8 images; the pixels do not matter to the speed).
+for convnet4 at 32 px and resnet12 at 84 px (random uint8 images, 3 channels or ``--channels 1``; the pixels do not
+matter to the speed).
 Each variant times ``--steps`` optimiser steps per call after one warm-up call and reports the median over up to
 ``--repeats`` calls, taken in turns with the other variants of its cell so that the load of a shared machine falls
 on all four alike; a variant that has used ``--budget`` seconds makes no further call, and one whose warm-up alone
@@ -16,6 +17,10 @@ the reference's on a GPU. Writes ``benchmarks/results/train_throughput_<device>.
 
     python benchmarks/train_throughput.py                  # the CPU (default when no GPU)
     python benchmarks/train_throughput.py --device cuda    # benchmarks/gpu_check.sh runs this on a GPU machine
+    python benchmarks/train_throughput.py --precisions fp32 --repeats 11 --budget 90 --tag channels_last
+                                                           # channels_last alone, more repeats (what auto follows)
+    python benchmarks/train_throughput.py --models convnet4 --channels 1 --precisions fp32 --repeats 11 --budget 90 \
+        --tag channels_last_grey                           # the same on 1-channel images (the glyph demo)
 """
 
 from __future__ import annotations
@@ -73,9 +78,9 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def synthetic_split(size: int, n_classes: int = 10, per_class: int = 20) -> ImageSplit:
+def synthetic_split(size: int, n_classes: int = 10, per_class: int = 20, channels: int = 3) -> ImageSplit:
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n_classes * per_class, size, size, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (n_classes * per_class, size, size, channels), dtype=np.uint8)
     return ImageSplit(images, np.repeat(np.arange(n_classes), per_class))
 
 
@@ -84,14 +89,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_function(kind: str, backbone: str, device: torch.device, compute: Compute, steps: int):
+def step_function(kind: str, backbone: str, device: torch.device, compute: Compute, steps: int, channels: int = 3):
     """One call trains ``steps`` optimiser steps; returns (call, images per call)."""
     size, shape, tasks_per_step, batch_size = SIZES[device.type][backbone]
-    split = synthetic_split(size, n_classes=max(10, shape.n_ways), per_class=max(20, shape.per_class))
+    split = synthetic_split(size, max(10, shape.n_ways), max(20, shape.per_class), channels)
     torch.manual_seed(0)
-    model = FeatureModel(ModelSpec(backbone, {"in_channels": 3})).to(device)
+    model = FeatureModel(ModelSpec(backbone, {"in_channels": channels})).to(device)
     pixels = place_images(split.images, device)
-    augmenter = AugmentSettings(enabled=True, flip=True).build(MEAN, STD)
+    augmenter = AugmentSettings(enabled=True, flip=True).build(MEAN[:channels], STD[:channels])
     if kind == "episodic":
         compute.prepare(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -109,12 +114,15 @@ def step_function(kind: str, backbone: str, device: torch.device, compute: Compu
 
 
 def time_variants(kind: str, backbone: str, device: torch.device, steps: int, repeats: int,
-                  budget: float) -> list[dict]:
+                  budget: float, precisions: tuple[str, ...] = ("fp32", "bf16"), channels: int = 3) -> list[dict]:
     """Time the four variants of one (model, step) cell in turns, so a change in the machine's load (it is shared)
     falls on all of them alike; one warm-up call each first (kernel selection, allocator, first touch)."""
     variants = []
     for precision, channels_last in VARIANTS:
-        run, images = step_function(kind, backbone, device, Compute(device.type, precision, channels_last), steps)
+        if precision not in precisions:
+            continue
+        run, images = step_function(kind, backbone, device, Compute(device.type, precision, channels_last), steps,
+                                    channels)
         start = time.perf_counter()
         run(0)
         sync(device)
@@ -161,10 +169,11 @@ def markdown(result: dict) -> str:
         per_step = next(iter(by_variant.values()))["images_per_step"]
         lines.append(f"| {result['device']} | {model} {next(iter(by_variant.values()))['size']} px | {step} | "
                      f"{per_step} | " + " | ".join(texts) + " |")
-    note = (f"\nimages/s, median of up to {result['repeats']} timed calls of {result['steps_per_call']} step(s) "
-            "after a warm-up call, variants timed in turns; (Nx): against fp32; *: the warm-up call alone outlasted "
-            f"the {result['budget_s']:g} s budget and is the only measurement. Load average before / after: "
-            f"{result['load_average_before']} / {result['load_average_after']}; total {result['total_s']} s.\n")
+    note = (f"\n{result['channels']}-channel images; images/s, median of up to {result['repeats']} timed calls of "
+            f"{result['steps_per_call']} step(s) after a warm-up call, variants timed in turns; (Nx): against fp32; "
+            f"*: the warm-up call alone outlasted the {result['budget_s']:g} s budget and is the only measurement. "
+            f"Load average before / after: {result['load_average_before']} / {result['load_average_after']}; "
+            f"total {result['total_s']} s.\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -172,6 +181,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--models", default="convnet4,resnet12")
+    parser.add_argument("--precisions", default="fp32,bf16", help="which precisions to time (each with and without "
+                        "channels_last)")
+    parser.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels (1: glyph-like)")
+    parser.add_argument("--tag", default="", help="suffix of the result files (train_throughput_<device>_<tag>)")
     parser.add_argument("--steps", type=int, default=0, help="optimiser steps per timed call (0: per device)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per cell, at most")
     parser.add_argument("--budget", type=float, default=8.0,
@@ -180,23 +193,25 @@ def main() -> None:
     device = pick_device(args.device)
     steps = args.steps or (1 if device.type == "cpu" else 20)
     result = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-              "steps_per_call": steps, "repeats": args.repeats, "budget_s": args.budget,
+              "steps_per_call": steps, "channels": args.channels, "repeats": args.repeats, "budget_s": args.budget,
               "load_average_before": _load_average(), "rows": []}
     started = time.perf_counter()
     for backbone in args.models.split(","):
         size, shape, tasks_per_step, batch_size = SIZES[device.type][backbone]
         for kind in ("episodic", "supervised"):
             per_step = tasks_per_step * shape.n_ways * shape.per_class if kind == "episodic" else batch_size
-            for cell in time_variants(kind, backbone, device, steps, args.repeats, args.budget):
+            for cell in time_variants(kind, backbone, device, steps, args.repeats, args.budget,
+                                      tuple(args.precisions.split(",")), args.channels):
                 row = {"model": backbone, "size": size, "step": kind, "images_per_step": per_step, **cell}
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
     result["total_s"] = round(time.perf_counter() - started, 1)
     result["load_average_after"] = _load_average()
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"train_throughput_{device.type}.json"
+    stem = f"train_throughput_{device.type}" + (f"_{args.tag}" if args.tag else "")
+    out = RESULTS / f"{stem}.json"
     out.write_text(json.dumps(result, indent=1))
-    (RESULTS / f"train_throughput_{device.type}.md").write_text(markdown(result))
+    (RESULTS / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
     print(out)
 

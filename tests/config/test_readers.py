@@ -41,6 +41,7 @@ def test_learn_labeler_pre_training_and_meta_eval_read_them_too() -> None:
 @pytest.mark.parametrize(("override", "message"), [
     ("precision=fp16", "error: precision must be one of auto, fp32, bf16, got 'fp16'"),
     ("precision=16", "error: precision must be one of auto, fp32, bf16, got '16'"),
+    ("precision=true", "error: precision must be one of auto, fp32, bf16, got 'True'"),
     ("channels_last=sometimes", "error: channels_last must be auto, true or false, got 'sometimes'"),
 ])
 def test_a_bad_value_is_one_line_listing_the_valid_ones(override: str, message: str, workspace, capsys) -> None:

@@ -89,6 +89,8 @@ def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
             ok = True  # false (none) or a model reference
         if key in AUTO_FLAGS and isinstance(value, (bool, str)):
             ok = True  # progress=true, as before auto existed
+        if key == "precision" and isinstance(value, bool):
+            ok = True  # the reader refuses it, listing the valid values
         if not ok:
             raise MelaError(f"{key} must be {_KINDS.get(expected, expected.__name__)}, got {value!r}")
 

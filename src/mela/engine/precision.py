@@ -1,24 +1,28 @@
 """Numeric precision and memory layout of the network passes: ``precision`` and ``channels_last``.
 
-Why: bfloat16 autocast roughly doubles a GPU's convolution throughput and halves its activation memory, and the
-channels-last layout (NHWC) lets some convolution kernels skip layout conversions. Neither may touch the solves
+Why: on a GPU with bfloat16 (Ampere and newer), autocast runs convolutions and matrix products on its bfloat16
+tensor cores and halves the activation memory; the channels-last layout (NHWC) lets some convolution kernels skip
+layout conversions. Neither may touch the solves
 whose accuracy needs full precision: the ridge meta-learner's solve and the test-time heads always get float32
 (or float64) features, because :meth:`Compute.forward` casts every output leaving autocast with ``.float()``.
 
 A step asks with :class:`ComputeSettings` (``auto`` allowed, checked when read, before any data is loaded);
 the run resolves it once against its device into a :class:`Compute`, which the training and evaluation loops use.
 
-What ``auto`` picks, and the measurements behind it (``benchmarks/train_throughput.py``, results in
-``benchmarks/results/train_throughput_cpu.json``; 2-core AMD EPYC with AVX2 only, shared with other work):
+What ``auto`` picks, and the measurements behind it (``benchmarks/train_throughput.py``: one training step of the
+engine's own epoch functions, images/s, variants timed in turns; results in ``benchmarks/results/
+train_throughput_cpu*.json``; a 2-core AMD EPYC with AVX2 only, shared with other work, load average 5 to 7):
 
-- precision: bf16 on a CUDA device that supports it (``torch.cuda.is_bf16_supported()``), fp32 elsewhere. On
-  this CPU, which has no native bfloat16 arithmetic (no AVX512-BF16 / AMX), bf16 autocast was 6x slower for
-  convnet4 at 32 px (fwd + bwd + SGD, 58 against 364 images/s) and about 18x slower for resnet12 at 84 px
-  (0.2 against 3.7 images/s), so it is never chosen on a CPU by itself (``precision=bf16`` still forces it).
-- channels_last on the CPU: convnet4 at 32 px went from 364 to 529 images/s (+45 %, as the issue's 929 -> 1333),
-  but resnet12 at 84 px fell from 3.7 to 1.8 images/s; ``auto`` turns it on for the backbones measured faster
-  (:data:`CPU_CHANNELS_LAST`). On CUDA it is on for every convolutional backbone, PyTorch's advice for convolutions
-  under autocast (not measured here: ``benchmarks/gpu_check.sh`` fills those rows on a GPU machine).
+- precision: bf16 on a CUDA device that supports it (``torch.cuda.is_bf16_supported()``), fp32 elsewhere. This
+  CPU has no native bfloat16 arithmetic (no AVX512-BF16 / AMX): bf16 autocast ran at 0.13x to 0.35x of fp32
+  (convnet4 at 32 px: 94.7 -> 12.8 images/s for learn_meta_repr's step; resnet12 at 84 px: 0.69 -> 0.11), so it
+  is never chosen on a CPU by itself (``precision=bf16`` still forces it).
+- channels_last on the CPU, fp32, median of 11 calls: convnet4 at 32 px 117 -> 125 images/s (1.07x, episodic) and
+  108 -> 125 (1.16x, supervised); on 1-channel (glyph) input 1.09x and 1.08x (the issue's quick check of the
+  bare forward + backward + SGD step: 929 -> 1333). resnet12 at 84 px: 0.93x and 0.99x, no gain. ``auto`` turns it
+  on for the backbones measured faster (:data:`CPU_CHANNELS_LAST`). On CUDA it is on for every convolutional
+  backbone, PyTorch's advice for convolutions under autocast; not measured here: ``benchmarks/gpu_check.sh``
+  fills those rows on a GPU machine, and :func:`channels_last_auto` should follow them.
 """
 
 from __future__ import annotations
