@@ -163,3 +163,19 @@ def test_a_bad_task_stops_a_step_with_one_line_unless_skipped_and_then_the_log_c
     log = (Path(result["run_dir"]) / "log.txt").read_text()
     assert "60 tasks (skipped: too_few_classes 1)" in log
     assert "skipped task 'zz_lonely' (too_few_classes)" in log
+
+
+@pytest.mark.parametrize("name", ["pipeline", "pipeline_paper", "pipeline_tasks"])
+def test_every_shipped_pipeline_config_composes_and_reads_into_settings_for_every_step(name, workspace) -> None:
+    from mela.config.compose import PIPELINE_SHARED, default_config
+    from mela.steps import pipeline
+
+    extra = ["tasks_path=/nowhere"] if name == "pipeline_tasks" else []
+    settings = pipeline.read_settings(compose_config(name, extra))
+    assert set(settings.steps) == {"learn_meta_repr", "learn_labeler", "fine_tune", "sup_baseline"}
+    # Every shared key a step can take is set in each pipeline config, so none falls back silently.
+    assert set(PIPELINE_SHARED) <= set(default_config(name))
+    if name == "pipeline_tasks":
+        labeler = settings.steps["learn_labeler"].labeler
+        assert (labeler.K, labeler.merge_factor, labeler.merge_risk) == (800, 20.0, 1.0)
+        assert settings.dataset.name == "tasks" and settings.dataset.tasks_path == "/nowhere"

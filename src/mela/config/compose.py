@@ -123,7 +123,7 @@ PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "tensorboard", "pl
 def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:
     """Step ``step``'s own config, overlaid with the pipeline's shared keys, its section and ``extra``."""
     base = compose_config(step)
-    shared = {k: cfg[k] for k in PIPELINE_SHARED if k in base}
+    shared = {k: cfg[k] for k in PIPELINE_SHARED if k in base and k in cfg}
     if "val_n_ways" in base:
         shared["val_n_ways"] = cfg.n_ways
     if step == "learn_labeler":
