@@ -14,6 +14,7 @@ from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf
 
+from mela import distributed
 from mela.device import keep_freed_memory
 from mela.errors import MelaError
 
@@ -103,10 +104,35 @@ def _workspace(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mela`` console command; errors print one line and exit 2."""
+    """Entry point of the ``mela`` console command; errors print one line and exit 2.
+
+    Under torchrun (its RANK / WORLD_SIZE / MASTER_ADDR environment) the process joins the process group first
+    and leaves it at the end; an error line then names the rank it happened on.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if argv is None:  # a real process, not a test calling main(): tune it once
         keep_freed_memory()
+    if not distributed.launched_by_torchrun():
+        return _main(args)
+    try:
+        device = next((a.split("=", 1)[1] for a in args if a.startswith(("device=", "+device="))), "auto")
+        distributed.init_from_env(device)
+    except MelaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _main(args)
+    except Exception as exc:  # a collective that failed because another rank died or timed out
+        if not distributed.is_collective_failure(exc):
+            raise
+        print(f"error: {distributed.describe()}: {distributed.peer_failure_message(exc)}", file=sys.stderr)
+        return 3
+    finally:
+        distributed.shutdown()
+
+
+def _main(args: list[str]) -> int:
+    where = f"[{distributed.describe()}] " if distributed.is_distributed() else ""
     try:
         if not args or args[0] in ("-h", "--help", "help"):
             print(USAGE)
@@ -136,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         valid = ", ".join([*STEP_COMMANDS, "data", "tasks", "workspace", "models", "report"])
         raise MelaError(f"unknown command '{command}'; valid commands: {valid}")
     except MelaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {where}{exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `mela ... --help | head`
         return 0
