@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if argv is None:  # a real process, not a test calling main(): tune it once
         keep_freed_memory()
-    if not distributed.launched_by_torchrun():
+    if not distributed.launched_by_torchrun() or distributed.is_distributed():  # (already joined: the caller's)
         return _main(args)
     try:
         device = next((a.split("=", 1)[1] for a in args if a.startswith(("device=", "+device="))), "auto")
