@@ -6,7 +6,6 @@ subprocesses; their 1-process counterparts run here.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -107,8 +106,7 @@ def test_two_processes_evaluate_a_fixed_model_exactly_as_one_and_refuse_three_ta
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (torchrun starts its ranks in sessions of their own: a process group kill
-    misses them)."""
+    """Every process below ``pid`` (torchrun's ranks)."""
     found, todo = [], [pid]
     while todo:
         parent = todo.pop()
@@ -119,6 +117,13 @@ def descendants(pid: int) -> list[int]:
         found += [int(c) for c in children]
         todo += [int(c) for c in children]
     return found
+
+
+def environment(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/environ").read_text().split("\0")
+    except OSError:
+        return []
 
 
 def epoch_values(log: str, key: str) -> list[float]:
@@ -136,10 +141,13 @@ def test_the_pipeline_under_two_processes_resumes_after_a_kill_covers_every_task
     deadline = time.monotonic() + 180
     while not (meta_dir / "last.pt").exists() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    for pid in [killed.pid, *descendants(killed.pid)]:  # torchrun and both ranks, as a lost machine would
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    killed.communicate()
+    rank_1 = [pid for pid in descendants(killed.pid) if "RANK=1" in environment(pid)]
+    assert len(rank_1) == 1
+    os.kill(rank_1[0], signal.SIGKILL)  # one rank lost: torchrun must stop the other, not leave it hanging
+    told, _ = killed.communicate(timeout=120)
+    assert killed.returncode != 0
+    assert "error: [rank 0/2] stopped because another process of this run failed (" in told
+    assert re.search(r"Root Cause.*\n(?:.*\n){0,4}\s*rank\s*: 1 \(local_rank: 1\)", told), told[-2000:]
     stopped_at = load_checkpoint(meta_dir / "last.pt")["epoch"]
     assert 1 <= stopped_at < META_EPOCHS and not (meta_dir / "done.json").exists()
 

@@ -120,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     except MelaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    distributed.stop_quietly_when_told()
     try:
         return _main(args)
     except Exception as exc:  # a collective that failed because another rank died or timed out
         if not distributed.is_collective_failure(exc):
             raise
-        print(f"error: {distributed.describe()}: {distributed.peer_failure_message(exc)}", file=sys.stderr)
+        print(distributed.peer_failure_message(exc), file=sys.stderr)
         return 3
     finally:
         distributed.shutdown()
@@ -163,6 +164,7 @@ def _main(args: list[str]) -> int:
         raise MelaError(f"unknown command '{command}'; valid commands: {valid}")
     except MelaError as exc:
         print(f"error: {where}{exc}", file=sys.stderr)
+        distributed.record_failure(exc)
         return 2
     except BrokenPipeError:  # e.g. `mela ... --help | head`
         return 0

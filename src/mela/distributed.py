@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
@@ -201,10 +202,43 @@ def is_collective_failure(exc: BaseException) -> bool:
         "gloo"))
 
 
+def survivor_message(why: str) -> str:
+    """The one line of a rank stopped because another one failed (``why``: what it saw)."""
+    return (f"error: [{describe() or 'rank ?'}] stopped because another process of this run failed ({why}): its own "
+            "error line is above and torchrun's summary names its rank (torchrun --log-dir DIR --tee 3 keeps each "
+            "rank's output); the run's log.txt is in the run folder named above; rerun the same command to resume "
+            "from the last epoch")
+
+
 def peer_failure_message(exc: BaseException) -> str:
-    """One line for a rank whose collective failed: another rank stopped; where to look."""
-    first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-    return (f"another process of this torchrun stopped or hangs ({first}); its own error line is above (torchrun's "
-            f"summary names its rank, and --log-dir / --tee 3 keep each rank's output); the run's log is "
-            f"<run folder>/log.txt; rerun the same command to resume from the last epoch "
-            f"(process-group timeout {timeout_seconds()} s, ${TIMEOUT_ENV})")
+    """The line for a rank whose collective failed: a peer died (connection closed) or hangs (timeout)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:120]  # gloo's source location first: drop it
+    return survivor_message(f"{first}; process-group timeout {timeout_seconds()} s, ${TIMEOUT_ENV}")
+
+
+def record_failure(exc: BaseException) -> None:
+    """Under torchrun, leave ``exc`` in the rank's error file, so torchrun's failure summary shows this rank's
+    message as the root cause (not just an exit code)."""
+    if not is_distributed() or "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    with contextlib.suppress(Exception):  # the summary is a courtesy: never hide the error itself
+        ErrorHandler().record_exception(exc)
+
+
+def stop_quietly_when_told() -> None:
+    """When torchrun stops this rank (SIGTERM: another rank failed), say so in one line instead of a traceback."""
+    import signal
+    import sys
+
+    if not is_distributed():
+        return
+    message = survivor_message("torchrun stopped this one")
+
+    def stop(signum: int, _frame: object) -> None:
+        print(message, file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
