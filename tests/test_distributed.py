@@ -32,7 +32,7 @@ from .steps.test_pipeline_cli import write_glyph_slice
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 REPO = Path(__file__).resolve().parents[1]
-META_EPOCHS = 8
+META_EPOCHS = 4
 FAST = [f"learn_meta_repr.epochs={META_EPOCHS}", f"learn_meta_repr.lr_decay_epochs={META_EPOCHS - 1}",
         "learn_labeler.epochs=1", "learn_labeler.lr_decay_epochs=1", "learn_labeler.K=40", "sup_baseline.epochs=1",
         "sup_baseline.lr_decay_epochs=1", "fine_tune.epochs=1", "n_queries=2", "val_db_size=10", "test_db_size=20",
