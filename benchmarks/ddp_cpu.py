@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,13 +45,12 @@ def launch(processes: int, args: list[str], workspace: Path) -> tuple[float, str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=24, help="training tasks per epoch (train_db_size)")
+    parser.add_argument("--tasks", type=int, default=24, help="train_db_size (the pile holds at most this many tasks)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tasks-per-step", type=int, default=4)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     opts = parser.parse_args()
     n_ways, shots, queries = 5, 5, 5
-    images_per_epoch = opts.tasks * n_ways * (shots + queries)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for processes in opts.processes:
@@ -63,19 +63,22 @@ def main() -> None:
             wall, _ = launch(processes, args, workspace)
             run_dir = workspace / "checkpoint" / "label_learn" / "saves" / "learn_meta_repr" / f"p{processes}"
             history = json.loads((run_dir / "history.json").read_text())
+            # The fixed pile holds what the classes allow (at most train_db_size tasks): the log says how many.
+            tasks = int(re.search(r"(\d+) training tasks per epoch", (run_dir / "log.txt").read_text()).group(1))
             timed = [h["seconds"] for h in history if 1 < h["epoch"] < opts.epochs]  # no warm-up, no validation
             seconds = sum(timed) / len(timed)
-            rows.append({"processes": processes, "seconds_per_epoch": round(seconds, 3),
-                         "images_per_s": round(images_per_epoch / seconds, 1),
+            images_per_epoch = tasks * n_ways * (shots + queries)
+            rows.append({"processes": processes, "tasks_per_epoch": tasks, "images_per_epoch": images_per_epoch,
+                         "seconds_per_epoch": round(seconds, 3), "images_per_s": round(images_per_epoch / seconds, 1),
                          "train_loss_per_epoch": [round(h["loss"], 4) for h in history],
                          "val_5shot_last": history[-1].get("val_5shot"), "wall_s": round(wall, 1),
-                         "tasks_seen": history[-1].get("tasks_seen", len(timed) and opts.tasks)})
+                         "tasks_seen_per_epoch": history[-1].get("tasks_seen", tasks)})
             print(rows[-1], flush=True)
     load = os.getloadavg()
     out = {"benchmark": "ddp_cpu", "device": f"CPU ({platform.processor() or platform.machine()}, "
                                               f"{os.cpu_count()} cores)",
            "torch": torch.__version__, "model": "convnet4", "data": "glyphs 32 px",
-           "images_per_epoch": images_per_epoch, "tasks_per_step": opts.tasks_per_step, "epochs": opts.epochs,
+           "train_db_size": opts.tasks, "tasks_per_step": opts.tasks_per_step, "epochs": opts.epochs,
            "load_average_after": [round(v, 2) for v in load], "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "ddp_cpu.json"

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from importlib import resources
@@ -121,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     distributed.stop_quietly_when_told()
+    quiet = None
+    if not distributed.is_main():  # rank 0 prints for the run (tables, paths); errors still reach stderr
+        quiet = open(os.devnull, "w")  # noqa: SIM115 - closed in the finally below
+        sys.stdout = quiet
     try:
         return _main(args)
     except Exception as exc:  # a collective that failed because another rank died or timed out
@@ -130,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         distributed.shutdown()
+        if quiet is not None:
+            sys.stdout = sys.__stdout__
+            quiet.close()
 
 
 def _main(args: list[str]) -> int:
