@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf
 
+from mela import distributed
 from mela.device import keep_freed_memory
 from mela.errors import MelaError
 
@@ -103,10 +105,43 @@ def _workspace(args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mela`` console command; errors print one line and exit 2."""
+    """Entry point of the ``mela`` console command; errors print one line and exit 2.
+
+    Under torchrun (its RANK / WORLD_SIZE / MASTER_ADDR environment) the process joins the process group first
+    and leaves it at the end; an error line then names the rank it happened on.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if argv is None:  # a real process, not a test calling main(): tune it once
         keep_freed_memory()
+    if not distributed.launched_by_torchrun() or distributed.is_distributed():  # (already joined: the caller's)
+        return _main(args)
+    try:
+        device = next((a.split("=", 1)[1] for a in args if a.startswith(("device=", "+device="))), "auto")
+        distributed.init_from_env(device)
+    except MelaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    distributed.stop_quietly_when_told()
+    quiet = None
+    if not distributed.is_main():  # rank 0 prints for the run (tables, paths); errors still reach stderr
+        quiet = open(os.devnull, "w")  # noqa: SIM115 - closed in the finally below
+        sys.stdout = quiet
+    try:
+        return _main(args)
+    except Exception as exc:  # a collective that failed because another rank died or timed out
+        if not distributed.is_collective_failure(exc):
+            raise
+        print(distributed.peer_failure_message(exc), file=sys.stderr)
+        return 3
+    finally:
+        distributed.shutdown()
+        if quiet is not None:
+            sys.stdout = sys.__stdout__
+            quiet.close()
+
+
+def _main(args: list[str]) -> int:
+    where = f"[{distributed.describe()}] " if distributed.is_distributed() else ""
     try:
         if not args or args[0] in ("-h", "--help", "help"):
             print(USAGE)
@@ -136,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         valid = ", ".join([*STEP_COMMANDS, "data", "tasks", "workspace", "models", "report"])
         raise MelaError(f"unknown command '{command}'; valid commands: {valid}")
     except MelaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {where}{exc}", file=sys.stderr)
+        distributed.record_failure(exc)
         return 2
     except BrokenPipeError:  # e.g. `mela ... --help | head`
         return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mela import distributed
 from mela.data.augment import Augmenter, AugmentSettings, rotate90
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, TaskSource, check_can_sample
@@ -49,6 +50,32 @@ def diverged(epoch: int, optimizer: torch.optim.Optimizer, what: str) -> MelaErr
     """The one-line error for a training loop that has blown up (shared with supervised training)."""
     lr = optimizer.param_groups[0]["lr"]
     return MelaError(f"training diverged at epoch {epoch + 1}: {what}; lower learning_rate (now {lr:g})")
+
+
+def rank_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    """The epoch's CPU and device generators of this rank (rank 0's are those of a single process): each rank
+    draws its own augmentations, so its share of a step is not augmented like another rank's."""
+    offset = 1_000_003 * distributed.rank()
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch + offset)
+    if device.type == "cpu":
+        return generator, generator
+    return generator, torch.Generator(device).manual_seed(seed + epoch + offset)
+
+
+def share_weight(mine: int, step: int) -> float:
+    """Factor on a rank's mean loss over its ``mine`` tasks or images of a ``step``-sized global batch, so that
+    DDP's gradient average over the ranks is the gradient of the mean over the whole step (shares may differ
+    in size in an epoch's last step)."""
+    return mine * distributed.world_size() / step
+
+
+def with_coverage(means: dict[str, float], totals: dict[str, float], what: str) -> dict[str, float]:
+    """An epoch's mean losses, plus (under torchrun) how many ``what`` (tasks, images) all ranks together
+    trained on: the same count as one process, which the log then shows."""
+    means.pop("seen", None)
+    if distributed.is_distributed():
+        means[f"{what}_seen"] = totals.get("seen", 0.0)
+    return means
 
 
 def rotate_classes(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -95,37 +122,46 @@ def episodic_epoch(
 
     def run(epoch: int) -> dict[str, float]:
         tasks = source.epoch_tasks(epoch)
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        device_generator = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed + epoch)
+        generator, device_generator = rank_generators(seed, epoch, device)
         totals: dict[str, float] = {}
         steps = range(0, len(tasks), tasks_per_step)
-        for start in progress_bar(steps, progress, f"epoch {epoch + 1}", len(steps), unit="step"):
-            batch = tasks[start:start + tasks_per_step]  # (B, n_ways, per_class)
-            rows = torch.from_numpy(item_images[batch.reshape(-1)])
-            pixels = images[rows.to(images.device)].to(device, non_blocking=True)
-            x = augmenter(pixels, device_generator)
-            x = x.view(len(batch), shape.n_ways, shape.per_class, *x.shape[1:])
-            if rotate_aug:
-                x = rotate_classes(x, generator)
-            features = compute.forward(model, x.flatten(0, 2)).view(len(batch), shape.n_ways, shape.per_class, -1)
-            support = features[:, :, :shape.n_shots].flatten(1, 2)
-            query = features[:, :, shape.n_shots:].flatten(1, 2)
-            try:
-                parts = task_ridge_loss(support, support_labels.expand(len(batch), -1), query,
-                                        query_labels.expand(len(batch), -1), shape.n_ways, lam,
-                                        loss_settings.extra_reg, loss_settings.hinge_mask)
-            except RidgeSolveError as exc:
-                raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {start // tasks_per_step + 1}") \
-                    from exc
-            values = {key: float(value.detach()) for key, value in parts.items()}
-            if not math.isfinite(values["loss"]):  # checked before the step, so the weights stay finite
-                raise diverged(epoch, optimizer, f"the loss is {values['loss']} at step {start // tasks_per_step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            for key, value in values.items():
-                totals[key] = totals.get(key, 0.0) + value * len(batch)
-        return {key: value / max(len(tasks), 1) for key, value in totals.items()}
+        with distributed.uneven_steps(model):
+            for start in progress_bar(steps, progress and distributed.is_main(), f"epoch {epoch + 1}", len(steps),
+                                      unit="step"):
+                step_tasks = tasks[start:start + tasks_per_step]
+                batch = distributed.shard(step_tasks)  # (B, n_ways, per_class): this rank's share of the step
+                if len(batch):
+                    _step(batch, len(step_tasks), start, epoch, generator, device_generator, totals)
+        totals = distributed.sum_over_ranks(totals)
+        return with_coverage({key: value / max(len(tasks), 1) for key, value in totals.items()}, totals, "tasks")
+
+    def _step(batch: np.ndarray, step_size: int, start: int, epoch: int, generator: torch.Generator,
+              device_generator: torch.Generator, totals: dict[str, float]) -> None:
+        rows = torch.from_numpy(item_images[batch.reshape(-1)])
+        pixels = images[rows.to(images.device)].to(device, non_blocking=True)
+        x = augmenter(pixels, device_generator)
+        x = x.view(len(batch), shape.n_ways, shape.per_class, *x.shape[1:])
+        if rotate_aug:
+            x = rotate_classes(x, generator)
+        features = compute.forward(model, x.flatten(0, 2)).view(len(batch), shape.n_ways, shape.per_class, -1)
+        support = features[:, :, :shape.n_shots].flatten(1, 2)
+        query = features[:, :, shape.n_shots:].flatten(1, 2)
+        try:
+            parts = task_ridge_loss(support, support_labels.expand(len(batch), -1), query,
+                                    query_labels.expand(len(batch), -1), shape.n_ways, lam,
+                                    loss_settings.extra_reg, loss_settings.hinge_mask)
+        except RidgeSolveError as exc:
+            raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {start // tasks_per_step + 1}") \
+                from exc
+        values = {key: float(value.detach()) for key, value in parts.items()}
+        if not math.isfinite(values["loss"]):  # checked before the step, so the weights stay finite
+            raise diverged(epoch, optimizer, f"the loss is {values['loss']} at step {start // tasks_per_step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        (parts["loss"] * share_weight(len(batch), step_size)).backward()
+        optimizer.step()
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value * len(batch)
+        totals["seen"] = totals.get("seen", 0.0) + len(batch)
 
     return run
 
@@ -167,49 +203,59 @@ def collection_epoch(
 
     def run(epoch: int) -> dict[str, float]:
         order = usable[np.random.default_rng([seed, 0xE90C, epoch]).permutation(len(usable))]
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        device_generator = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed + epoch)
+        generator, device_generator = rank_generators(seed, epoch, device)
         totals: dict[str, float] = {}
         steps = range(0, len(order), tasks_per_step)
-        for start in progress_bar(steps, progress, f"epoch {epoch + 1}", len(steps), unit="step"):
-            episodes = [support_query(tasks, int(t), np.random.default_rng([seed, epoch, int(t)]))
-                        for t in order[start:start + tasks_per_step]]
-            episodes = [e for e in episodes if e is not None]
-            rows = np.concatenate([np.concatenate([e.support, e.query]) for e in episodes])
-            pixels = images[torch.from_numpy(rows).to(images.device)].to(device, non_blocking=True)
-            x = augmenter(pixels, device_generator)
-            if rotate_aug:
-                offsets = np.cumsum([0] + [e.n_ways for e in episodes[:-1]])
-                groups = np.concatenate([np.concatenate([e.support_labels, e.query_labels]) + o
-                                         for e, o in zip(episodes, offsets, strict=True)])
-                x = rotate_groups(x, torch.from_numpy(groups), generator)
-            features = compute.forward(model, x)
-            losses, values = [], {}
-            at = 0
-            for e in episodes:
-                n_s, n_q = len(e.support), len(e.query)
-                task_features = features[at:at + n_s + n_q]
-                at += n_s + n_q
-                try:
-                    parts = task_ridge_loss(
-                        task_features[:n_s][None], torch.from_numpy(e.support_labels).to(device)[None],
-                        task_features[n_s:][None], torch.from_numpy(e.query_labels).to(device)[None], e.n_ways,
-                        loss_settings.effective_lam(n_s), loss_settings.extra_reg, loss_settings.hinge_mask)
-                except RidgeSolveError as exc:
-                    raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {start // tasks_per_step + 1}"
-                                   ) from exc
-                losses.append(parts["loss"])
-                for key, value in parts.items():
-                    values[key] = values.get(key, 0.0) + float(value.detach())
-            loss = torch.stack(losses).mean()
-            if not math.isfinite(float(loss.detach())):
-                raise diverged(epoch, optimizer, f"the loss is {float(loss)} at step {start // tasks_per_step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in values.items():
-                totals[key] = totals.get(key, 0.0) + value
-        return {key: value / max(len(order), 1) for key, value in totals.items()}
+        with distributed.uneven_steps(model):
+            for start in progress_bar(steps, progress and distributed.is_main(), f"epoch {epoch + 1}", len(steps),
+                                      unit="step"):
+                step_tasks = order[start:start + tasks_per_step]
+                mine = distributed.shard(step_tasks)  # this rank's share of the step's tasks
+                if len(mine):
+                    _step(mine, len(step_tasks), start, epoch, generator, device_generator, totals)
+        totals = distributed.sum_over_ranks(totals)
+        return with_coverage({key: value / max(len(order), 1) for key, value in totals.items() if key != "seen"},
+                             totals, "tasks")
+
+    def _step(mine: np.ndarray, step_size: int, start: int, epoch: int, generator: torch.Generator,
+              device_generator: torch.Generator, totals: dict[str, float]) -> None:
+        episodes = [support_query(tasks, int(t), np.random.default_rng([seed, epoch, int(t)])) for t in mine]
+        episodes = [e for e in episodes if e is not None]
+        rows = np.concatenate([np.concatenate([e.support, e.query]) for e in episodes])
+        pixels = images[torch.from_numpy(rows).to(images.device)].to(device, non_blocking=True)
+        x = augmenter(pixels, device_generator)
+        if rotate_aug:
+            offsets = np.cumsum([0] + [e.n_ways for e in episodes[:-1]])
+            groups = np.concatenate([np.concatenate([e.support_labels, e.query_labels]) + o
+                                     for e, o in zip(episodes, offsets, strict=True)])
+            x = rotate_groups(x, torch.from_numpy(groups), generator)
+        features = compute.forward(model, x)
+        losses, values = [], {}
+        at = 0
+        for e in episodes:
+            n_s, n_q = len(e.support), len(e.query)
+            task_features = features[at:at + n_s + n_q]
+            at += n_s + n_q
+            try:
+                parts = task_ridge_loss(
+                    task_features[:n_s][None], torch.from_numpy(e.support_labels).to(device)[None],
+                    task_features[n_s:][None], torch.from_numpy(e.query_labels).to(device)[None], e.n_ways,
+                    loss_settings.effective_lam(n_s), loss_settings.extra_reg, loss_settings.hinge_mask)
+            except RidgeSolveError as exc:
+                raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {start // tasks_per_step + 1}"
+                               ) from exc
+            losses.append(parts["loss"])
+            for key, value in parts.items():
+                values[key] = values.get(key, 0.0) + float(value.detach())
+        loss = torch.stack(losses).mean()
+        if not math.isfinite(float(loss.detach())):
+            raise diverged(epoch, optimizer, f"the loss is {float(loss)} at step {start // tasks_per_step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        (loss * share_weight(len(mine), step_size)).backward()
+        optimizer.step()
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value
+        totals["seen"] = totals.get("seen", 0.0) + len(episodes)
 
     return run
 
@@ -251,6 +297,7 @@ class EpisodicSettings:
     def __post_init__(self) -> None:
         if self.tasks_per_step < 1:
             raise MelaError(f"tasks_per_step must be at least 1, got {self.tasks_per_step}")
+        distributed.check_divisible(self.tasks_per_step, "tasks_per_step")
         if self.loss.hinge_mask not in ("fixed", "reference"):
             raise MelaError(f"hinge_mask must be fixed or reference, got {self.loss.hinge_mask}")
 
@@ -285,6 +332,7 @@ def train_episodic(
     """
     compute = settings.compute.resolve(device, model.spec.backbone)
     compute.prepare(model.to(device))
+    net = distributed.wrap(model, device)  # the forward/backward pass: gradients all-reduced under torchrun
     trainer = Trainer(run_dir, model, model, settings.optim,
                       make_validator(model, val, mean, std, settings.validation, device, compute), log, metadata,
                       settings.report)
@@ -297,7 +345,7 @@ def train_episodic(
             "still uses them)")
         log(f"{n_tasks} training tasks per epoch, as given{unused_note}, {train.n_classes} task classes, "
             f"{train.n_items} images")
-        epoch_fn = collection_epoch(model, trainer.optimizer, train, place_images(train.images, device), augmenter,
+        epoch_fn = collection_epoch(net, trainer.optimizer, train, place_images(train.images, device), augmenter,
                                     settings.loss, device, settings.seed, settings.rotate_aug,
                                     settings.tasks_per_step, settings.progress, compute)
         state = trainer.fit(epoch_fn)
@@ -308,7 +356,7 @@ def train_episodic(
                         settings.seed)
     how = "fixed pile, no replacement" if settings.no_replacement else "drawn"
     log(f"{len(source)} training tasks per epoch ({how}), {train.n_classes} classes, {train.n_items} images")
-    epoch_fn = episodic_epoch(model, trainer.optimizer, source, shape, place_images(train.images, device),
+    epoch_fn = episodic_epoch(net, trainer.optimizer, source, shape, place_images(train.images, device),
                               train.item_images(), augmenter, settings.loss, device,
                               settings.seed, settings.rotate_aug, settings.tasks_per_step, settings.progress, compute)
     state = trainer.fit(epoch_fn)

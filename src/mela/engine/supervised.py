@@ -11,10 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mela import distributed
 from mela.data.augment import Augmenter, AugmentSettings, rotation_expand
 from mela.data.base import ImageSplit
 from mela.device import place_images
-from mela.engine.episodic import diverged
+from mela.engine.episodic import diverged, rank_generators, share_weight, with_coverage
 from mela.engine.precision import FP32, Compute, ComputeSettings
 from mela.engine.trainer import OptimSettings, ReportSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
 from mela.errors import MelaError
@@ -51,32 +52,45 @@ def supervised_epoch(
     labels = [torch.from_numpy(np.asarray(ls, dtype=np.int64)) for ls in label_sets]
 
     def run(epoch: int) -> dict[str, float]:
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        device_generator = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed + epoch)
-        order = torch.randperm(len(item_images), generator=generator)
-        total_loss, correct, seen = 0.0, 0, 0
+        # Every rank draws the order as rank 0 (a single process) does; the augmentation draws are the rank's own.
+        generator, device_generator = rank_generators(seed, epoch, device)
+        shared = generator if distributed.rank() == 0 else torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(len(item_images), generator=shared)
+        totals = {"loss": 0.0, "correct": 0.0, "seen": 0.0, "images": 0.0}
         batches = range(0, len(order), batch_size)
-        for start in progress_bar(batches, progress, f"epoch {epoch + 1}", len(batches), unit="batch"):
-            idx = order[start:start + batch_size]
-            rows = torch.from_numpy(item_images[idx.numpy()])
-            x = augmenter(images[rows.to(images.device)].to(device, non_blocking=True), device_generator)
-            targets = [ls[idx].to(device) for ls in labels]
-            if rotate_aug:
-                expanded = [rotation_expand(x, t, n) for t, n in zip(targets, n_classes, strict=True)]
-                x = expanded[0][0]
-                targets = [t for _, t in expanded]
-            outputs = compute.forward(classifier, x)
-            loss = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets, strict=True)]).mean()
-            value = float(loss.detach())
-            if not math.isfinite(value):  # checked before the step, so the weights stay finite
-                raise diverged(epoch, optimizer, f"the loss is {value} at batch {start // batch_size + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += value * len(x)
-            correct += int((outputs[0].argmax(-1) == targets[0]).sum())
-            seen += len(x)
-        return {"loss": total_loss / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+        with distributed.uneven_steps(classifier):
+            for start in progress_bar(batches, progress and distributed.is_main(), f"epoch {epoch + 1}",
+                                      len(batches), unit="batch"):
+                step = order[start:start + batch_size]
+                idx = distributed.shard(step)  # this rank's share of the batch's images
+                if len(idx):
+                    _step(idx, len(step), start, epoch, device_generator, totals)
+        totals = distributed.sum_over_ranks(totals)
+        seen = max(totals["seen"], 1)
+        out = {"loss": totals["loss"] / seen, "train_acc": 100.0 * totals["correct"] / seen}
+        return with_coverage(out, {"seen": totals["images"]}, "images")
+
+    def _step(idx: torch.Tensor, step_size: int, start: int, epoch: int, device_generator: torch.Generator,
+              totals: dict[str, float]) -> None:
+        rows = torch.from_numpy(item_images[idx.numpy()])
+        x = augmenter(images[rows.to(images.device)].to(device, non_blocking=True), device_generator)
+        targets = [ls[idx].to(device) for ls in labels]
+        if rotate_aug:
+            expanded = [rotation_expand(x, t, n) for t, n in zip(targets, n_classes, strict=True)]
+            x = expanded[0][0]
+            targets = [t for _, t in expanded]
+        outputs = compute.forward(classifier, x)
+        loss = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets, strict=True)]).mean()
+        value = float(loss.detach())
+        if not math.isfinite(value):  # checked before the step, so the weights stay finite
+            raise diverged(epoch, optimizer, f"the loss is {value} at batch {start // batch_size + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        (loss * share_weight(len(idx), step_size)).backward()
+        optimizer.step()
+        totals["loss"] += value * len(x)
+        totals["correct"] += int((outputs[0].argmax(-1) == targets[0]).sum())
+        totals["seen"] += len(x)
+        totals["images"] += len(idx)
 
     return run
 
@@ -110,6 +124,7 @@ class SupervisedSettings:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise MelaError(f"batch_size must be at least 1, got {self.batch_size}")
+        distributed.check_divisible(self.batch_size, "batch_size")
 
 
 def train_supervised(
@@ -134,12 +149,13 @@ def train_supervised(
     compute = settings.compute.resolve(device, model.spec.backbone)
     model.to(device)
     classifier = compute.prepare(Classifier(model, head_sizes(n_classes, settings.rotate_aug)).to(device))
+    net = distributed.wrap(classifier, device)  # the forward/backward pass: gradients all-reduced under torchrun
     trainer = Trainer(run_dir, model, classifier, settings.optim,
                       make_validator(model, val, mean, std, settings.validation, device, compute), log, metadata,
                       settings.report)
     log(f"supervised training on {len(item_images)} images, {n_classes} classes per head, "
         f"data_aug={settings.augment.enabled} rotate_aug={settings.rotate_aug}")
-    epoch_fn = supervised_epoch(classifier, trainer.optimizer, place_images(images.images, device), item_images,
+    epoch_fn = supervised_epoch(net, trainer.optimizer, place_images(images.images, device), item_images,
                                 label_sets, n_classes, settings.augment.build(mean, std), settings.batch_size, device,
                                 settings.seed, settings.rotate_aug, settings.progress, compute)
     state = trainer.fit(epoch_fn)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from mela import distributed
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, check_can_sample
 from mela.data.tasks import TaskCollection, check_scorable
@@ -224,15 +225,20 @@ class Trainer:
         return self.run_dir / "last.pt"
 
     def _resume(self) -> None:
-        if not self.last_path.exists():
+        # Rank 0 reads last.pt and hands it to the others: every rank resumes from the same state, with no
+        # need for the run folder to be visible to them (other machines).
+        saved = load_checkpoint(self.last_path, "cpu") if distributed.is_main() and self.last_path.exists() else None
+        saved = distributed.broadcast_object(saved)
+        if saved is None:
             return
-        saved = load_checkpoint(self.last_path, next(self.trainable.parameters()).device)
         self.trainable.load_state_dict(saved["trainable"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.state = TrainState(saved["epoch"], saved["best"], saved["history"])
         self.log(f"resumed from {self.last_path} at epoch {self.state.epoch}/{self.settings.epochs}")
 
     def _save_model(self, name: str, **extra: object) -> None:
+        if not distributed.is_main():
+            return
         save_atomic(model_payload(self.model, **self.metadata, **extra), self.run_dir / name)
 
     @property
@@ -243,7 +249,7 @@ class Trainer:
         """Train from the current state (resumed if ``last.pt`` exists) to ``settings.epochs``."""
         self._resume()
         metrics = None
-        if self.report is not None:
+        if self.report is not None and distributed.is_main():
             from mela.reporting.metrics import MetricsWriter
 
             metrics = MetricsWriter(self.run_dir, self.step, self.report.tensorboard, self.log)
@@ -253,12 +259,14 @@ class Trainer:
             if metrics is not None:
                 metrics.close()
         self._save_model("final.pt", epoch=self.state.epoch)
-        (self.run_dir / "history.json").write_text(json.dumps(self.state.history, indent=1))
-        if self.report is not None and self.report.plots and self.state.history:
-            from mela.reporting.plots import learning_curves
+        if distributed.is_main():
+            (self.run_dir / "history.json").write_text(json.dumps(self.state.history, indent=1))
+            if self.report is not None and self.report.plots and self.state.history:
+                from mela.reporting.plots import learning_curves
 
-            learning_curves(self.state.history, self.run_dir / "learning_curves.png",
-                            title=f"{self.step} {self.run_dir.name}")
+                learning_curves(self.state.history, self.run_dir / "learning_curves.png",
+                                title=f"{self.step} {self.run_dir.name}")
+        distributed.barrier()  # the other ranks go on once rank 0's files are complete
         return self.state
 
     def _epochs(self, train_epoch: Callable[[int], dict[str, float]], metrics: MetricsWriter | None) -> None:
@@ -289,11 +297,13 @@ class Trainer:
             self.log(format_epoch_line(epoch + 1, self.settings.epochs, record["seconds"], record, eta))
             if metrics is not None:
                 metrics.log_epoch(record)
-            save_atomic({"trainable": self.trainable.state_dict(), "optimizer": self.optimizer.state_dict(),
-                         "epoch": self.state.epoch, "best": self.state.best, "history": self.state.history},
-                        self.last_path)
+            if distributed.is_main():
+                save_atomic({"trainable": self.trainable.state_dict(), "optimizer": self.optimizer.state_dict(),
+                             "epoch": self.state.epoch, "best": self.state.best, "history": self.state.history},
+                            self.last_path)
 
     def select(self, key: str | None) -> Path:
         """The model file later steps should use: best by validation at ``key`` (e.g. ``5shot``), else final."""
         best = self.run_dir / f"best_{key}.pt"
-        return best if key and best.exists() else self.run_dir / "final.pt"
+        chosen = best if key and best.exists() else self.run_dir / "final.pt"
+        return distributed.broadcast_object(chosen)  # rank 0 sees the folder: the others take its answer

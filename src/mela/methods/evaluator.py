@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from mela import distributed
 from mela.data.augment import normalize
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, evaluation_tasks, split_support_query
@@ -83,11 +84,16 @@ def extract_features(
     was_training = model.training
     model.eval()
     compute.prepare(model)
+    # Under torchrun each rank computes every world_size-th batch (the same batches as one process, so the
+    # same numbers) and the batches are gathered back in order on every rank.
+    starts = list(range(0, len(images), batch_size))
     out = []
-    for start in range(0, len(images), batch_size):
+    for start in distributed.shard(starts):
         batch = pixel_tensor(images[start:start + batch_size]).to(device)
         out.append(compute.forward(model, normalize(batch, mean, std)).cpu())
     model.train(was_training)
+    if distributed.is_distributed():
+        out = distributed.unshard(distributed.all_gather_object(out), len(starts))
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -101,14 +107,19 @@ def task_accuracies(
     """Accuracy of the head on each task of ``tasks`` (T, n_ways, per_class) of item features."""
     n_ways = tasks.shape[1]
     support, support_labels, query, query_labels = split_support_query(tasks, n_shots)
+    starts = list(range(0, len(tasks), chunk))
     accs = []
-    for start in range(0, len(tasks), chunk):
+    # Under torchrun each rank fits every world_size-th chunk: the heads solve a chunk's tasks together, so
+    # the same chunks as one process give exactly its accuracies; the chunks are gathered back in order.
+    for start in distributed.shard(starts):
         sl = slice(start, start + chunk)
         head = head_factory().fit(features[support[sl]], torch.from_numpy(np.array(support_labels[sl])),
                                   n_ways)
         predicted = head.predict(features[query[sl]]).cpu().numpy()
         accs.append((predicted == query_labels[sl]).mean(axis=1))
-    return np.concatenate(accs)
+    if distributed.is_distributed():
+        accs = distributed.unshard(distributed.all_gather_object(accs), len(starts))
+    return np.concatenate(accs) if accs else np.zeros(0)
 
 
 def evaluate_features(
@@ -183,17 +194,21 @@ def evaluate_collection_features(
     if is_norm:
         features = torch.nn.functional.normalize(features, dim=-1)
     n_tasks = collection.n_tasks if max_tasks is None else min(collection.n_tasks, max_tasks)
-    accs, unscored_classes, unscored_tasks = [], 0, 0
-    for task in range(n_tasks):
+    outcomes = []  # per task: (accuracy or None if unscorable, unscored classes); each rank its share of tasks
+    for task in distributed.shard(list(range(n_tasks))):
         episode = support_query(collection, task, np.random.default_rng([seed, task]), shots)
         if episode is None:
-            unscored_tasks += 1
+            outcomes.append((None, 0))
             continue
-        unscored_classes += episode.unscored_classes
         head = head_factory().fit(features[torch.from_numpy(episode.support)][None],
                                   torch.from_numpy(episode.support_labels)[None], episode.n_ways)
         predicted = head.predict(features[torch.from_numpy(episode.query)][None])[0].cpu().numpy()
-        accs.append(float((predicted == episode.query_labels).mean()) * 100)
+        outcomes.append((float((predicted == episode.query_labels).mean()) * 100, episode.unscored_classes))
+    if distributed.is_distributed():
+        outcomes = distributed.unshard(distributed.all_gather_object(outcomes), n_tasks)
+    accs = [acc for acc, _ in outcomes if acc is not None]
+    unscored_tasks = sum(acc is None for acc, _ in outcomes)
+    unscored_classes = sum(n for _, n in outcomes)
     return CollectionResult(Accuracy(*mean_confidence_interval(np.array(accs)), len(accs)), unscored_classes,
                             unscored_tasks)
 

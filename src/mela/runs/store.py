@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from mela import distributed
 from mela.data.registry import Dataset
 from mela.data.task_dataset import TaskDataset
 from mela.device import pick_device
@@ -139,8 +140,12 @@ def _model_in(run_dir: Path) -> Path:
 
 
 def _make_logger(step: str, run_dir: Path) -> logging.Logger:
-    """A logger private to this run (not registered globally): the run's log.txt plus the console."""
+    """A logger private to this run (not registered globally): the run's log.txt plus the console; on the
+    other ranks under torchrun, nothing (rank 0 speaks for the run)."""
     logger = logging.Logger(f"mela.{step}", logging.INFO)
+    if not distributed.is_main():
+        logger.addHandler(logging.NullHandler())
+        return logger
     file_handler = logging.FileHandler(run_dir / "log.txt")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s | %(message)s", "%Y-%m-%d %H:%M:%S"))
     console = logging.StreamHandler(sys.stderr)
@@ -173,6 +178,8 @@ class Run:
 
     def publish_model(self, chosen: Path) -> Path:
         """Copy the chosen checkpoint to the run's ``model.pt`` (atomically), the file later steps load."""
+        if not distributed.is_main():
+            return self.run_dir / MODEL_FILE
         tmp = self.run_dir / f".{MODEL_FILE}.tmp"
         try:
             shutil.copyfile(chosen, tmp)
@@ -185,6 +192,8 @@ class Run:
 
     def write_json(self, name: str, content: object) -> Path:
         """A JSON file in the run folder, written atomically, NaN and inf as null."""
+        if not distributed.is_main():
+            return self.run_dir / name
         write_json_atomic(self.run_dir / name, content)
         return self.run_dir / name
 
@@ -195,6 +204,7 @@ class Run:
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics}
         self.write_json(DONE_FILE, record)
         self.close()
+        distributed.barrier()  # every rank returns once done.json is written
         return json_safe(record)
 
     def close(self, failed: bool = False) -> None:
@@ -203,7 +213,7 @@ class Run:
             self.logger.removeHandler(handler)
         if self.lock.held:
             self.lock.release()
-        if failed and self.created and not any(self.run_dir.glob("*.pt")):
+        if failed and self.created and distributed.is_main() and not any(self.run_dir.glob("*.pt")):
             shutil.rmtree(self.run_dir, ignore_errors=True)  # rejected before it trained: leave nothing behind
 
     def __enter__(self) -> Run:
@@ -219,7 +229,7 @@ def default_run_name(dataset: str, model_name: str, trial: str) -> str:
 
 # Settings that do not change what a run computes: a rerun may change them freely.
 NOT_DEFINING = frozenset({"device", "progress", "workspace", "run_name", "num_workers", "tensorboard", "plots",
-                          "logger_name", "trial", "precision", "channels_last"})
+                          "logger_name", "trial", "precision", "channels_last", "world_size"})
 
 
 def differing_settings(saved: Mapping, new: Mapping) -> list[str]:
@@ -250,6 +260,28 @@ def check_reuse(run_dir: Path, config: Mapping) -> None:
                         "own settings to resume it, or pick a new run_name")
 
 
+def _open_run_folder(store: RunStore, run_dir: Path, lock: RunLock, step: str, config: Mapping,
+                     resumable: bool) -> tuple[bool, logging.Logger]:
+    """Lock the run folder (creating it, or reopening it), check and save the config, open the log (rank 0)."""
+    init_workspace(store.root)
+    created = not run_dir.exists()
+    lock.acquire()
+    try:
+        check_reuse(run_dir, config)
+        if (run_dir / DONE_FILE).exists() and not resumable:
+            (run_dir / DONE_FILE).unlink()  # an evaluation reruns whole; its results are rewritten
+        saved = dict(config)
+        if distributed.is_distributed():
+            saved["world_size"] = distributed.world_size()
+        OmegaConf.save(OmegaConf.create(saved), run_dir / "config.yaml")
+        return created, _make_logger(step, run_dir)
+    except BaseException:
+        lock.release()
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 SKIPPED_SHOWN = 20  # skipped tasks named one per line in a run's log; the rest are counted
 
 
@@ -261,25 +293,29 @@ def start_run(settings: RunSettings, step: str, dataset: Dataset | TaskDataset |
     step's precision and memory layout) is resolved on the run's device and stated in the log's first line.
     """
     store = RunStore(settings.workspace)
-    init_workspace(store.root)
-    device = pick_device(settings.device)
+    device = distributed.device_for(pick_device(settings.device))
     on = f"{device}, {compute.resolve(device, model_name).describe()}" if compute is not None else f"{device}"
+    n_ranks = distributed.world_size()
+    if n_ranks > 1:
+        on += f", {n_ranks} processes (torchrun, DDP)"
     name, identity = (dataset, dataset) if isinstance(dataset, str) else (dataset.name, dataset.identity)
-    run_name = settings.run_name or default_run_name(name, model_name, settings.trial)
+    # Rank 0 names the run (the default name holds the time) and opens its folder; the others follow it.
+    run_name = distributed.broadcast_object(settings.run_name or default_run_name(name, model_name, settings.trial))
     run_dir = store.run_dir(step, str(run_name))
-    created = not run_dir.exists()
-    lock = RunLock(run_dir).acquire()
-    try:
-        check_reuse(run_dir, config)
-        if (run_dir / DONE_FILE).exists() and not resumable:
-            (run_dir / DONE_FILE).unlink()  # an evaluation reruns whole; its results are rewritten
-        OmegaConf.save(OmegaConf.create(dict(config)), run_dir / "config.yaml")
+    lock = RunLock(run_dir)
+    created = False
+    if distributed.is_main():
+        try:
+            created, logger = _open_run_folder(store, run_dir, lock, step, config, resumable)
+        except BaseException as exc:
+            distributed.broadcast_object(str(exc) if isinstance(exc, MelaError) else f"rank 0 failed: {exc!r}")
+            raise
+        distributed.broadcast_object(None)
+    else:
+        problem = distributed.broadcast_object(None)
+        if problem is not None:
+            raise MelaError(problem)
         logger = _make_logger(step, run_dir)
-    except BaseException:
-        lock.release()
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
     torch.manual_seed(settings.seed)
     run = Run(step, name, identity, model_name, run_dir, device, logger, lock, created)
     hint = f" (if interrupted, rerun with run_name={run_name} to resume)" if resumable else ""

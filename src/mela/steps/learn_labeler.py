@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from mela import distributed
 from mela.config import readers
 from mela.data.base import ImageSplit
 from mela.data.registry import Dataset, DatasetRef, open_dataset
@@ -152,11 +153,15 @@ def _label_pile(run: Run, settings: LearnLabelerSettings, data: Dataset, tasks: 
     the report."""
     train = data.split("train")
     run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
-    features = pile_features(model, train, tasks, data.mean, data.std, run.device)
-    labels = infer_global_labels(features, settings.labeler, centroids)
-    report = _publish_labels(run, settings, labels, train.labels[tasks[:, :, 0]])
-    items, inferred = labels.labelled_items(tasks)
-    return train, train.item_images()[items], inferred, report
+    features = pile_features(model, train, tasks, data.mean, data.std, run.device)  # every rank its share
+    labelled = None
+    if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
+        labels = infer_global_labels(features, settings.labeler, centroids)
+        report = _publish_labels(run, settings, labels, train.labels[tasks[:, :, 0]])
+        items, inferred = labels.labelled_items(tasks)
+        labelled = (train.item_images()[items], inferred, report)
+    item_images, inferred, report = distributed.broadcast_object(labelled)
+    return train, item_images, inferred, report
 
 
 def _label_collection(run: Run, settings: LearnLabelerSettings, data: TaskDataset, model: FeatureModel,
@@ -165,13 +170,16 @@ def _label_collection(run: Run, settings: LearnLabelerSettings, data: TaskDatase
     """Cluster the training tasks of a collection as given, and write the labels per task class and class."""
     train = data.tasks("train")
     run.log(f"labelling {train.n_tasks} tasks ({train.n_classes} task classes) with {labeler_path}")
-    image_features = collection_image_features(model, train, data.mean, data.std, run.device)
-    labels = infer_global_labels(ragged_features(train, image_features), settings.labeler, centroids)
-    report = _publish_labels(run, settings, labels, train.class_truth)
-    csv_path, json_path = write_global_labels(run.run_dir, train, labels.assigned, labels.key_distances)
-    run.log(f"wrote {csv_path.name} (global class of each task class) and {json_path.name} (members of each "
-            "global class)")
-    item_images, inferred = collection_labelled_items(train, labels)
+    image_features = collection_image_features(model, train, data.mean, data.std, run.device)  # every rank
+    labelled = None
+    if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
+        labels = infer_global_labels(ragged_features(train, image_features), settings.labeler, centroids)
+        report = _publish_labels(run, settings, labels, train.class_truth)
+        csv_path, json_path = write_global_labels(run.run_dir, train, labels.assigned, labels.key_distances)
+        run.log(f"wrote {csv_path.name} (global class of each task class) and {json_path.name} (members of each "
+                "global class)")
+        labelled = (*collection_labelled_items(train, labels), report)
+    item_images, inferred, report = distributed.broadcast_object(labelled)
     return train, item_images, inferred, report
 
 

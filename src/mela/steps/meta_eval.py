@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
+from mela import distributed
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.samplers import TaskShape, check_can_sample
@@ -121,7 +122,7 @@ def run(settings: MetaEvalSettings, dataset: Dataset | TaskDataset | None = None
     if path is None:
         raise MelaError("meta_eval needs a model: set pretrained_model=latest, a run name, a run folder or a file")
     check_data(settings, data, other)
-    model, _ = load_feature_model(path, pick_device(settings.run.device))
+    model, _ = load_feature_model(path, distributed.device_for(pick_device(settings.run.device)))
     check_architecture(model, settings.model, path)
     check_feat_dim(settings.feat_dim, model)
     with start_run(settings.run, STEP, data, settings.model, settings.config, resumable=False,

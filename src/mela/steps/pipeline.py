@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mela import distributed
 from mela.config import compose_pipeline_step, readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.task_dataset import TaskDataset
@@ -100,6 +101,8 @@ def run(settings: PipelineSettings, dataset: Dataset | None = None) -> dict:
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
     other = meta_eval.open_eval_dataset(settings.evaluation, store)
     check_data(settings, data, other)
+    if not distributed.is_main():  # under torchrun rank 0 holds the lock and writes; the others train along
+        return _run_steps(settings, store, data, other, pipeline_dir, started)
     init_workspace(store.root)
     with RunLock(pipeline_dir):
         check_reuse(pipeline_dir, settings.config)  # a rerun resumes the same pipeline, never another one
@@ -154,6 +157,8 @@ def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset | Task
     results = {"dataset": settings.dataset.name, "model": settings.model, "run_name": run_name, "rows": rows,
                "labeler": labeler, "seconds": round(time.time() - started, 1)}
     path = pipeline_dir / "results.json"
+    if not distributed.is_main():
+        return {**results, "path": str(path)}
     write_json_atomic(path, results)
     report_paths = write_pipeline_report(pipeline_dir, results, settings.plots)
     print()
