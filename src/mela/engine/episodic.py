@@ -93,6 +93,21 @@ def rotate_classes(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out
 
 
+def run_steps(model: torch.nn.Module, tasks: np.ndarray, tasks_per_step: int, progress: bool, epoch: int,
+              step: Callable[[np.ndarray, int, int], None]) -> None:
+    """One epoch's optimiser steps over ``tasks``, ``tasks_per_step`` at a time: ``step(share, step_size, start)``
+    gets this rank's share of the step's tasks (all of them in one process); a rank without a share in the last
+    step sits it out."""
+    starts = range(0, len(tasks), tasks_per_step)
+    with distributed.uneven_steps(model):
+        for start in progress_bar(starts, progress and distributed.is_main(), f"epoch {epoch + 1}", len(starts),
+                                  unit="step"):
+            step_tasks = tasks[start:start + tasks_per_step]
+            share = distributed.shard(step_tasks)
+            if len(share):
+                step(share, len(step_tasks), start)
+
+
 def episodic_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -124,14 +139,9 @@ def episodic_epoch(
         tasks = source.epoch_tasks(epoch)
         generator, device_generator = rank_generators(seed, epoch, device)
         totals: dict[str, float] = {}
-        steps = range(0, len(tasks), tasks_per_step)
-        with distributed.uneven_steps(model):
-            for start in progress_bar(steps, progress and distributed.is_main(), f"epoch {epoch + 1}", len(steps),
-                                      unit="step"):
-                step_tasks = tasks[start:start + tasks_per_step]
-                batch = distributed.shard(step_tasks)  # (B, n_ways, per_class): this rank's share of the step
-                if len(batch):
-                    _step(batch, len(step_tasks), start, epoch, generator, device_generator, totals)
+        # Each step's batch, (B, n_ways, per_class), is this rank's share of the step's tasks.
+        run_steps(model, tasks, tasks_per_step, progress, epoch, lambda batch, size, start: _step(
+            batch, size, start, epoch, generator, device_generator, totals))
         totals = distributed.sum_over_ranks(totals)
         return with_coverage({key: value / max(len(tasks), 1) for key, value in totals.items()}, totals, "tasks")
 
@@ -205,14 +215,8 @@ def collection_epoch(
         order = usable[np.random.default_rng([seed, 0xE90C, epoch]).permutation(len(usable))]
         generator, device_generator = rank_generators(seed, epoch, device)
         totals: dict[str, float] = {}
-        steps = range(0, len(order), tasks_per_step)
-        with distributed.uneven_steps(model):
-            for start in progress_bar(steps, progress and distributed.is_main(), f"epoch {epoch + 1}", len(steps),
-                                      unit="step"):
-                step_tasks = order[start:start + tasks_per_step]
-                mine = distributed.shard(step_tasks)  # this rank's share of the step's tasks
-                if len(mine):
-                    _step(mine, len(step_tasks), start, epoch, generator, device_generator, totals)
+        run_steps(model, order, tasks_per_step, progress, epoch, lambda mine, size, start: _step(
+            mine, size, start, epoch, generator, device_generator, totals))
         totals = distributed.sum_over_ranks(totals)
         return with_coverage({key: value / max(len(order), 1) for key, value in totals.items() if key != "seen"},
                              totals, "tasks")
