@@ -108,8 +108,9 @@ class TaskDataset:
         return self.tasks(part)
 
     def split(self, name: str) -> TaskCollection:
-        """The tasks of ``name``: steps written for base data sets read their data through this too."""
-        return self.tasks(name)
+        """Refused: a collection has tasks, not a split of globally labelled images to sample tasks from."""
+        raise MelaError(f"a task collection has no '{name}' split of labelled images to sample tasks from: use "
+                        f"its tasks (.tasks('{name}')), mela.evaluate_tasks, or eval_dataset=NAME for k-shot tasks")
 
     def describe(self) -> str:
         """One line for the log: counts per part, and what was skipped."""

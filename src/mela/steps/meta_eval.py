@@ -88,9 +88,10 @@ def check_data(settings: MetaEvalSettings, data: Dataset | TaskDataset, other: D
         _check_shapes(settings, data)
     if other is not None:
         _check_shapes(settings, other)
-        if tuple(other.split(settings.split).image_shape) != tuple(data.split("train").image_shape):
+        shape = data.episode_data("train").image_shape
+        if tuple(other.split(settings.split).image_shape) != tuple(shape):
             raise MelaError(f"eval_dataset={other.name} has images of shape {other.split(settings.split).image_shape}, "
-                            f"the training data {data.split('train').image_shape}; make them match (image_size=..., "
+                            f"the training data {shape}; make them match (image_size=..., "
                             "or a collection made from that data set)")
 
 
