@@ -165,6 +165,28 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_markdown(rows: list[dict]) -> str:
+    """One line per case (over recurrences and key sizes): mean ARI and cluster-count error of both modes, and in
+    how many of its piles improved is below reference (ARI / count error). The README quotes it."""
+    head = ("| case | piles | ARI ref | ARI improved | count error ref | count error improved | "
+            "improved below ref (ARI / count) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        group = [r for r in rows if r["case"] == case]
+
+        def mean(mode: str, key: str, group: list[dict] = group) -> float:
+            if key == "ari":
+                return float(np.mean([r[mode]["ari"] for r in group]))
+            return float(np.mean([abs(r[mode]["clusters"] - r[mode]["true_classes"]) / r[mode]["true_classes"]
+                                  for r in group]))
+
+        worse = verdict(group)["totals"]
+        lines.append(f"| {case} | {len(group)} | {mean('reference', 'ari'):.3f} | {mean('improved', 'ari'):.3f} | "
+                     f"{mean('reference', 'error'):.2f} | {mean('improved', 'error'):.2f} | "
+                     f"{worse['improved_ari_below_reference']} / {worse['improved_count_error_above_reference']} |")
+    return "\n".join(lines) + "\n"
+
+
 def verdict(rows: list[dict]) -> dict:
     """Where improved is below reference on ARI or cluster-count error, and the trained-glyph target."""
     worse, target_misses = [], []
@@ -202,7 +224,13 @@ def main() -> None:
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="labeler_sweep")
+    parser.add_argument("--summarise", action="store_true",
+                        help="only rewrite the .md (table, per-case summary, verdict) from the existing .json")
     args = parser.parse_args()
+    if args.summarise:
+        rows = json.loads((RESULTS / f"{args.out}.json").read_text())["rows"]
+        write_markdown(rows, verdict(rows), args.out)
+        return
     rows = []
 
     def record(case: str, items: np.ndarray, labels: np.ndarray, recurrence: int, key_size: int) -> None:
@@ -232,8 +260,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary = verdict(rows)
     (RESULTS / f"{args.out}.json").write_text(json.dumps({"rows": rows, **summary}, indent=1))
-    (RESULTS / f"{args.out}.md").write_text(markdown(rows) + "\n" + json.dumps(summary, indent=1) + "\n")
+    write_markdown(rows, summary, args.out)
     print(json.dumps(summary, indent=1))
+
+
+def write_markdown(rows: list[dict], summary: dict, out: str) -> None:
+    (RESULTS / f"{out}.md").write_text(summary_markdown(rows) + "\n" + markdown(rows) + "\n"
+                                       + json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,21 @@ Two modes:
   skipped, and centroids are never created later. Its crashes become clear errors.
 - ``improved`` (default) keeps the same initialisation and pruning rule but
   (1) accepts any K, (2) assigns a task's keys to distinct centroids by an optimal
-  one-to-one matching instead of skipping the task, (3) gives a key that is far
-  from every centroid a new centroid ("far": ``spawn_factor`` times the typical
-  distance ``s`` between two keys of one class), so classes absent from the first
-  tasks are not lost, and (4) after each pass merges two centroids only when the
-  data cannot tell them apart (below).
+  one-to-one matching instead of skipping the task, (3) gives a key that is too far
+  from its matched centroid to be of its class a new centroid (below), so classes absent
+  from the first tasks are not lost, and (4) after each pass merges two centroids only
+  when the data cannot tell them apart (below).
+
+The spawn rule is a test too. A key of the centroid's class lies from the centroid's
+running mean of a keys by its own noise plus the centroid's: the squared distance is
+about ``(v + s^2 / (2 a)) chi^2_D / D``, with v the key's noise (``s^2 / 2`` when all
+keys average as many images; ``tr(S) / m`` for a key of m images in a ragged pile).
+Above ``1 + spawn_factor * sqrt(2 / D)`` times that expectation the key starts a
+centroid of its own. The earlier radius (twice ``s``: 8 times the expected squared
+distance) let a centroid sitting among several classes (a mixed one, near their
+average) swallow every class that had no centroid of its own: with K below the class
+count most of them were lost (500 classes in 256-d, 5-image keys recurring 8 times:
+354 clusters at ARI 0.09; with the test 523 at ARI 0.97).
 
 The merge rule is a two-sample test, not a radius. After a pass every key is matched
 to a centroid; a centroid is re-estimated as the mean of its a keys. If two
@@ -51,8 +61,8 @@ all), and the fraction of tasks whose keys' nearest centroids collide, i.e. that
 violate a cannot-link constraint under plain nearest-centroid labelling. A ratio
 above 0.6, more than 20 % colliding tasks, or a same-class distance that cannot be
 measured gives a warning that the inferred labels are unreliable (on the 108
-cases of ``benchmarks/labeler_sweep.py`` this flags all but 3 of the runs with ARI
-below 0.2, and 7 runs with ARI above 0.5).
+cases of ``benchmarks/labeler_sweep.py`` this flags 35 of the 36 runs with ARI
+below 0.2, and 9 runs with ARI above 0.5).
 
 Ragged piles. A real task collection has tasks of 2 to 20 ways and classes of 1 to many
 images. Every function takes either the fixed-shape arrays (keys (T, n_ways, d), item
@@ -135,7 +145,7 @@ class LabelerConfig:
     std_factor: float = 3.5
     mode: str = "improved"
     max_passes: int = 30
-    spawn_factor: float = 2.0
+    spawn_factor: float = 8.0
     merge_factor: float = 6.0
     merge_risk: float = 0.01
 
@@ -177,7 +187,7 @@ class Clustering:
 
     centroids: np.ndarray
     passes: list[dict] = field(default_factory=list)
-    spawn_distance: float | None = None
+    spawn_z: float | None = None
     spread: KeySpread | None = None
 
 
@@ -1081,15 +1091,34 @@ def merge_threshold(merge_factor: float, effective_dim: float) -> float:
     return 1.0 + merge_factor * math.sqrt(2.0 / effective_dim)
 
 
+def spawn_threshold(spawn_factor: float, effective_dim: float) -> float:
+    """Squared key-centroid distance, over its same-class expectation, above which a key starts a centroid."""
+    return 1.0 + spawn_factor * math.sqrt(2.0 / effective_dim)
+
+
+def key_noise(features: np.ndarray | RaggedFeatures, spread: KeySpread) -> np.ndarray | None:
+    """Each key's noise (expected squared distance to its class mean) where keys average unequal numbers of
+    images: ``tr(S) / m_k``, i.e. ``(s^2 / 2) (1 / m_k) / mean(1 / m)``. ``None`` (every key ``s^2 / 2``) when
+    all classes have one size or the spread did not come from the images."""
+    if not isinstance(features, RaggedFeatures) or features.uniform_class_size is not None:
+        return None
+    if spread.source != "images":
+        return None
+    inverse = 1.0 / features.class_sizes
+    return 0.5 * spread.distance**2 * inverse / inverse.mean()
+
+
 def fit_centroids(
-    keys: np.ndarray | TaskKeys, config: LabelerConfig, key_distance: float | KeySpread | None = None
+    keys: np.ndarray | TaskKeys, config: LabelerConfig, key_distance: float | KeySpread | None = None,
+    noise: np.ndarray | None = None,
 ) -> Clustering:
     """Cluster (T, n_ways, d) task keys (or a ragged :class:`TaskKeys`) into global classes; see the module docstring.
 
     ``key_distance`` (improved mode): a :class:`KeySpread` (or a bare same-class key
-    distance, taken as high-dimensional); keys farther than ``spawn_factor`` times
-    it from every centroid start a new one, and indistinguishable centroids merge.
-    ``None`` disables spawning and merging.
+    distance, taken as high-dimensional); a key too far from its matched centroid to be
+    of its class starts a new one (the spawn test), and indistinguishable centroids merge.
+    ``None`` disables spawning and merging. ``noise``: each key's noise (:func:`key_noise`);
+    ``None``: ``s^2 / 2`` for every key.
     """
     tk, _ = as_task_keys(keys)
     flat_keys, n_tasks, n_ways = tk.keys, tk.n_tasks, tk.uniform_ways
@@ -1106,11 +1135,14 @@ def fit_centroids(
             raise MelaError(f"labeler=reference needs at least K = {config.K} task classes to initialise its "
                             f"centroids but there are {tk.n_keys}; lower K or use labeler=improved")
     spread = None if reference else as_spread(key_distance, tk.dim)
+    spawn_z = None if spread is None else spawn_threshold(config.spawn_factor, spread.effective_dim)
+    half = 0.0 if spread is None else 0.5 * spread.distance**2
+    if noise is not None and len(noise) != tk.n_keys:
+        raise MelaError(f"noise has {len(noise)} entries for {tk.n_keys} keys; give one per key (or none)")
     # The keys of the first tasks until K are collected (for n-way tasks: of the first ceil(K / n) tasks).
     centroids = flat_keys[: config.K].copy()
     counts = np.zeros(len(centroids))
-    far = None if spread is None else config.spawn_factor * spread.distance
-    result = Clustering(centroids=centroids, spawn_distance=far, spread=spread)
+    result = Clustering(centroids=centroids, spawn_z=spawn_z, spread=spread)
     different_sq = different_class_sq_distances(tk) if spread is not None else None
     bounds = tk.offsets.tolist()
     widest = tk.max_ways
@@ -1132,8 +1164,11 @@ def fit_centroids(
                     distances if spread is None else debiased_cost(distances, counts, spread.distance))
             accepted_tasks[t] = True
             # A task's keys go to distinct centroids, so their online updates are independent of each other.
-            if far is not None:
-                new = distances[np.arange(len(choice)), choice] > far
+            if spawn_z is not None:
+                # Same class: squared distance ~ (key noise + centroid noise) chi^2_D / D; far above it, a new class.
+                own = half if noise is None else noise[bounds[t] : bounds[t + 1]]
+                expected = own + half / np.maximum(counts[choice], 1.0)
+                new = distances[np.arange(len(choice)), choice] ** 2 > spawn_z * expected
                 if new.any():
                     # Spawned centroids join at once, so later keys of the same class find them.
                     spawned += int(new.sum())
@@ -1223,7 +1258,7 @@ def cluster_features(features: np.ndarray | RaggedFeatures, config: LabelerConfi
         spread = cluster_spread(keys, label_tasks(keys, first.centroids, "improved"))
         if spread is None:
             return first
-    return fit_centroids(keys, config, spread)
+    return fit_centroids(keys, config, spread, key_noise(features, spread))
 
 
 def label_tasks(keys: np.ndarray | TaskKeys, centroids: np.ndarray, mode: str = "improved",
