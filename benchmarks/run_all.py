@@ -1,6 +1,8 @@
 """Run every self-contained benchmark (each writes its JSON under benchmarks/results/).
 
-labeler_modes.py needs a trained learn_meta_repr model and is run by hand (see its docstring).
+labeler_modes.py needs a trained learn_meta_repr model and is run by hand (see its docstring), as are the
+long ones: augmentation.py (four demo pipelines, ~35 min), labeler_sweep.py (needs glyph models),
+labeler_scale.py, task_collection_scale.py and ddp_cpu.py.
 """
 
 from __future__ import annotations
