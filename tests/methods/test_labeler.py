@@ -702,12 +702,18 @@ def test_chunked_label_tasks_equals_per_task_matching_on_a_pile_with_many_collis
         np.testing.assert_array_equal(label_tasks(keys, centroids, "reference", chunk=chunk), naive_reference)
 
 
-def test_vectorised_cooccurrence_equals_a_double_loop_over_each_tasks_classes() -> None:
-    rng = np.random.default_rng(26)
-    ways = rng.integers(2, 9, 200)
+def _random_ragged_labels(seed: int, n_tasks: int, n_centroids: int, dropped: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat labels of ``n_tasks`` tasks of 2-8 ways (task ``dropped`` unlabelled, -1) and their task offsets."""
+    rng = np.random.default_rng(seed)
+    ways = rng.integers(2, 9, n_tasks)
     offsets = np.r_[0, np.cumsum(ways)]
-    assigned = rng.integers(0, 30, ways.sum())
-    assigned[offsets[5] : offsets[6]] = -1  # a dropped task
+    assigned = rng.integers(0, n_centroids, ways.sum())
+    assigned[offsets[dropped] : offsets[dropped + 1]] = -1
+    return assigned, offsets
+
+
+def test_vectorised_cooccurrence_equals_a_double_loop_over_each_tasks_classes() -> None:
+    assigned, offsets = _random_ragged_labels(26, 200, 30, dropped=5)
     expected = np.zeros((30, 30), dtype=bool)
     for lo, hi in itertools.pairwise(offsets):
         if (assigned[lo:hi] < 0).any():
@@ -877,11 +883,7 @@ def test_fit_centroids_gives_the_same_clustering_with_sparse_and_dense_merges(mo
 
 
 def test_cooccurrence_pairs_hold_the_off_diagonal_of_the_dense_cooccurrence() -> None:
-    rng = np.random.default_rng(42)
-    ways = rng.integers(2, 9, 300)
-    offsets = np.r_[0, np.cumsum(ways)]
-    assigned = rng.integers(0, 60, ways.sum())
-    assigned[offsets[3] : offsets[4]] = -1  # a dropped task
+    assigned, offsets = _random_ragged_labels(42, 300, 60, dropped=3)
     dense = cooccurrence(assigned, 60, offsets)
     np.fill_diagonal(dense, False)
     pairs = cooccurrence_pairs(assigned, 60, offsets)

@@ -108,6 +108,27 @@ def run_steps(model: torch.nn.Module, tasks: np.ndarray, tasks_per_step: int, pr
                 step(share, len(step_tasks), start)
 
 
+def ridge_loss_or_diverged(epoch: int, optimizer: torch.optim.Optimizer, step_number: int,
+                           *args: object) -> dict[str, torch.Tensor]:
+    """:func:`task_ridge_loss` of ``args``; a singular solve stops the run as a divergence at this step."""
+    try:
+        return task_ridge_loss(*args)
+    except RidgeSolveError as exc:
+        raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {step_number}") from exc
+
+
+def descend(loss: torch.Tensor, weight: float, optimizer: torch.optim.Optimizer, epoch: int, where: str) -> float:
+    """One optimiser step on ``loss * weight`` (this rank's share); returns the loss. A non-finite loss stops the
+    run first (``where``: "step 3", "batch 7"), so the weights stay finite."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise diverged(epoch, optimizer, f"the loss is {value} at {where}")
+    optimizer.zero_grad(set_to_none=True)
+    (loss * weight).backward()
+    optimizer.step()
+    return value
+
+
 def episodic_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -156,19 +177,12 @@ def episodic_epoch(
         features = compute.forward(model, x.flatten(0, 2)).view(len(batch), shape.n_ways, shape.per_class, -1)
         support = features[:, :, :shape.n_shots].flatten(1, 2)
         query = features[:, :, shape.n_shots:].flatten(1, 2)
-        try:
-            parts = task_ridge_loss(support, support_labels.expand(len(batch), -1), query,
-                                    query_labels.expand(len(batch), -1), shape.n_ways, lam,
-                                    loss_settings.extra_reg, loss_settings.hinge_mask)
-        except RidgeSolveError as exc:
-            raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {start // tasks_per_step + 1}") \
-                from exc
+        step_number = start // tasks_per_step + 1
+        parts = ridge_loss_or_diverged(epoch, optimizer, step_number, support, support_labels.expand(len(batch), -1),
+                                       query, query_labels.expand(len(batch), -1), shape.n_ways, lam,
+                                       loss_settings.extra_reg, loss_settings.hinge_mask)
         values = {key: float(value.detach()) for key, value in parts.items()}
-        if not math.isfinite(values["loss"]):  # checked before the step, so the weights stay finite
-            raise diverged(epoch, optimizer, f"the loss is {values['loss']} at step {start // tasks_per_step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        (parts["loss"] * share_weight(len(batch), step_size)).backward()
-        optimizer.step()
+        descend(parts["loss"], share_weight(len(batch), step_size), optimizer, epoch, f"step {step_number}")
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + value * len(batch)
         totals["seen"] = totals.get("seen", 0.0) + len(batch)
@@ -236,27 +250,21 @@ def collection_epoch(
         features = compute.forward(model, x)
         losses, values = [], {}
         at = 0
+        step_number = start // tasks_per_step + 1
         for e in episodes:
             n_s, n_q = len(e.support), len(e.query)
             task_features = features[at:at + n_s + n_q]
             at += n_s + n_q
-            try:
-                parts = task_ridge_loss(
-                    task_features[:n_s][None], torch.from_numpy(e.support_labels).to(device)[None],
-                    task_features[n_s:][None], torch.from_numpy(e.query_labels).to(device)[None], e.n_ways,
-                    loss_settings.effective_lam(n_s), loss_settings.extra_reg, loss_settings.hinge_mask)
-            except RidgeSolveError as exc:
-                raise diverged(epoch, optimizer, f"{exc}".split(";")[0] + f" at step {start // tasks_per_step + 1}"
-                               ) from exc
+            parts = ridge_loss_or_diverged(
+                epoch, optimizer, step_number, task_features[:n_s][None],
+                torch.from_numpy(e.support_labels).to(device)[None], task_features[n_s:][None],
+                torch.from_numpy(e.query_labels).to(device)[None], e.n_ways, loss_settings.effective_lam(n_s),
+                loss_settings.extra_reg, loss_settings.hinge_mask)
             losses.append(parts["loss"])
             for key, value in parts.items():
                 values[key] = values.get(key, 0.0) + float(value.detach())
-        loss = torch.stack(losses).mean()
-        if not math.isfinite(float(loss.detach())):
-            raise diverged(epoch, optimizer, f"the loss is {float(loss)} at step {start // tasks_per_step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        (loss * share_weight(len(mine), step_size)).backward()
-        optimizer.step()
+        descend(torch.stack(losses).mean(), share_weight(len(mine), step_size), optimizer, epoch,
+                f"step {step_number}")
         for key, value in values.items():
             totals[key] = totals.get(key, 0.0) + value
         totals["seen"] = totals.get("seen", 0.0) + len(episodes)

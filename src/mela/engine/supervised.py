@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from mela import distributed
 from mela.data.augment import Augmenter, AugmentSettings, rotation_expand
 from mela.data.base import ImageSplit
 from mela.device import place_images
-from mela.engine.episodic import diverged, rank_generators, share_weight, with_coverage
+from mela.engine.episodic import descend, rank_generators, share_weight, with_coverage
 from mela.engine.precision import FP32, Compute, ComputeSettings
 from mela.engine.trainer import OptimSettings, ReportSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
 from mela.errors import MelaError
@@ -81,12 +80,7 @@ def supervised_epoch(
             targets = [t for _, t in expanded]
         outputs = compute.forward(classifier, x)
         loss = torch.stack([F.cross_entropy(o, t) for o, t in zip(outputs, targets, strict=True)]).mean()
-        value = float(loss.detach())
-        if not math.isfinite(value):  # checked before the step, so the weights stay finite
-            raise diverged(epoch, optimizer, f"the loss is {value} at batch {start // batch_size + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        (loss * share_weight(len(idx), step_size)).backward()
-        optimizer.step()
+        value = descend(loss, share_weight(len(idx), step_size), optimizer, epoch, f"batch {start // batch_size + 1}")
         totals["loss"] += value * len(x)
         totals["correct"] += int((outputs[0].argmax(-1) == targets[0]).sum())
         totals["seen"] += len(x)
