@@ -69,7 +69,9 @@ def main() -> None:
             seconds = sum(timed) / len(timed)
             images_per_epoch = tasks * n_ways * (shots + queries)
             rows.append({"processes": processes, "tasks_per_epoch": tasks, "images_per_epoch": images_per_epoch,
-                         "seconds_per_epoch": round(seconds, 3), "images_per_s": round(images_per_epoch / seconds, 1),
+                         "seconds_per_epoch": round(seconds, 3),
+                         "seconds_each_epoch": [round(h["seconds"], 2) for h in history],
+                         "images_per_s": round(images_per_epoch / seconds, 1),
                          "train_loss_per_epoch": [round(h["loss"], 4) for h in history],
                          "val_5shot_last": history[-1].get("val_5shot"), "wall_s": round(wall, 1),
                          "tasks_seen_per_epoch": history[-1].get("tasks_seen", tasks)})

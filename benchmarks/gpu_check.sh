@@ -15,6 +15,9 @@
 # 2. The demo pipeline (`mela pipeline`, glyphs, convnet4) twice in a scratch workspace, precision=fp32 and
 #    precision=bf16: the two accuracy tables go to benchmarks/results/gpu_check_demo.txt. bf16 must stay within
 #    the fp32 run's 95 % CIs.
+# 3. benchmarks/labeler_scale.py on 20,000 ragged tasks of 10,000 classes (about 110,000 keys; the centroids grow
+#    from K=400 to ~10,000), the key-centroid distances on the GPU and then on the CPU, same pile, same machine
+#    -> benchmarks/results/labeler_scale.json (rows keyed by device; centroids_sha1 says whether they agree).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -43,4 +46,7 @@ trap 'rm -rf "$SCRATCH"' EXIT
       run_name="demo_$precision" progress=false 2>/dev/null | grep -v "^/" | tail -n 9
   done
 } | tee "$OUT"
-echo "wrote $OUT and benchmarks/results/train_throughput_cuda.{json,md}"
+for device in cuda cpu; do
+  "$PYTHON" benchmarks/labeler_scale.py --device "$device" --tasks 20000 --classes 10000
+done
+echo "wrote $OUT, benchmarks/results/train_throughput_cuda.{json,md} and benchmarks/results/labeler_scale.json"

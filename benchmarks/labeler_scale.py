@@ -12,6 +12,7 @@ The agreement with the true classes (ARI, cluster count) is computed after the t
     python benchmarks/labeler_scale.py --tasks 10000 100000     # the full run (~10+ minutes)
     python benchmarks/labeler_scale.py --tasks 10000 --recurrence 15   # classes = keys / 15 instead
     python benchmarks/labeler_scale.py --merge-centroids 3670 35000    # the merge step alone on K centroids
+    python benchmarks/labeler_scale.py --device cuda --tasks 20000 --classes 10000   # distances on the GPU
 
 ``--merge-centroids`` times ``merge_indistinguishable`` alone (the step that used to hold (K, K) matrices) on
 K synthetic 64-d centroids: 90 % distinct classes, 10 % near-copies of them that should merge, 1-19 keys each,
@@ -72,8 +73,10 @@ def ragged_pile(n_tasks: int, n_classes: int | None, recurrence: float | None, d
     return RaggedFeatures(items, offsets(sizes), offsets(ways)), true
 
 
-def _child(n_tasks: int, n_classes: int | None, recurrence: float | None, dim: int, separation: float) -> None:
+def _child(n_tasks: int, n_classes: int | None, recurrence: float | None, dim: int, separation: float,
+           device: str) -> None:
     """In a fresh process: build the pile, label it, print the figures as JSON."""
+    import torch
     from sklearn.metrics import adjusted_rand_score
 
     from mela.methods.global_labels import infer_global_labels
@@ -83,11 +86,12 @@ def _child(n_tasks: int, n_classes: int | None, recurrence: float | None, dim: i
     features, true = ragged_pile(n_tasks, n_classes, recurrence, dim, separation, seed=0)
     rss_pile = _rss_mb()
     start = time.perf_counter()
-    labels = infer_global_labels(features, LabelerConfig())
+    labels = infer_global_labels(features, LabelerConfig(), device=torch.device(device))
     seconds = time.perf_counter() - start
     rss_peak = _rss_mb()
     n_true = len(np.unique(true))
     print(json.dumps({
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "tasks": n_tasks, "task_classes": int(features.n_classes), "items": int(len(features.items)),
         "true_classes": n_true, "mean_recurrence": round(features.n_classes / n_true, 1), "dim": dim,
         "separation": separation, "features_mb": round(features.items.nbytes / 2**20, 1),
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--separation", type=float, default=4.0)
     parser.add_argument("--merge-centroids", type=int, nargs="+", default=None,
                         help="time the merge step alone on this many centroids (instead of --tasks)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where the labeler computes its key-centroid distances (cuda: on the GPU)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     classes = None if args.recurrence else args.classes
@@ -144,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.merge_centroids:
             _merge_child(args.merge_centroids[0], args.dim)
         else:
-            _child(args.tasks[0], classes, args.recurrence, args.dim, args.separation)
+            _child(args.tasks[0], classes, args.recurrence, args.dim, args.separation, args.device)
         return []
     saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
     rows, merge_rows = saved.get("runs", []), saved.get("merge_runs", [])
@@ -158,17 +164,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.tasks = []
     for n_tasks in args.tasks:
         cmd = [sys.executable, __file__, "--child", "--tasks", str(n_tasks), "--dim", str(args.dim),
-               "--separation", str(args.separation), "--classes", str(args.classes)]
+               "--separation", str(args.separation), "--classes", str(args.classes), "--device", args.device]
         if args.recurrence:
             cmd += ["--recurrence", str(args.recurrence)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
-        rows = [r for r in rows if (r["tasks"], r["true_classes"]) != (row["tasks"], row["true_classes"])] + [row]
+        key = lambda r: (r["tasks"], r["true_classes"], r.get("device", "cpu"))  # noqa: E731
+        rows = [r for r in rows if key(r) != key(row)] + [row]
     RESULTS.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                                           "2 cores shared with other jobs",
-                               "runs": sorted(rows, key=lambda r: (r["tasks"], r["true_classes"])),
+                               "runs": sorted(rows, key=lambda r: (r["tasks"], r["true_classes"],
+                                                                   r.get("device", "cpu"))),
                                "merge_runs": sorted(merge_rows, key=lambda r: r["merge_centroids"])}, indent=1) + "\n")
     return rows
 

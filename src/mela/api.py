@@ -231,6 +231,7 @@ def infer_global_labels(
         labeler: clustering settings (default: the improved labeler, ``K=400``).
         centroids: reuse fitted (K, d) centroids instead of clustering.
 
+    ``device`` (default: a GPU when there is one) also computes the labeler's key-centroid distances.
     Returns a :class:`GlobalLabels`: ``centroids``, ``assigned`` (T, n_ways) and ``report(true_classes)``.
     With a task collection as ``dataset`` (and a model), its training tasks are labelled as given: ``assigned``
     has one entry per task class of ``dataset.tasks("train")``.
@@ -242,7 +243,8 @@ def infer_global_labels(
         train = dataset.tasks("train")
         image_features = collection_image_features(features_or_model.to(device), train, dataset.mean, dataset.std,
                                                    device)
-        return _infer_from_features(ragged_features(train, image_features), labeler or LabelerConfig(), centroids)
+        return _infer_from_features(ragged_features(train, image_features), labeler or LabelerConfig(), centroids,
+                                    device)
     features = features_or_model
     if isinstance(features_or_model, torch.nn.Module):
         if tasks is None or dataset is None:
@@ -251,7 +253,7 @@ def infer_global_labels(
     features = np.asarray(features)
     if features.ndim != 4:
         raise MelaError(f"features must be (tasks, n_ways, images per class, dim), got shape {features.shape}")
-    return _infer_from_features(features, labeler or LabelerConfig(), centroids)
+    return _infer_from_features(features, labeler or LabelerConfig(), centroids, _device(device))
 
 
 def pretrain(

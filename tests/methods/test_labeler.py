@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.distance import cdist, pdist
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -15,6 +16,7 @@ from mela.errors import MelaError
 from mela.methods import labeler
 from mela.methods.labeler import (
     CentroidPairs,
+    CentroidTable,
     KeySpread,
     LabelerConfig,
     RaggedFeatures,
@@ -771,6 +773,48 @@ def test_nearest_centroids_is_cdists_argmin_with_exact_ties_and_far_from_the_ori
         keys[5:9] = np.round(keys[5:9])  # and a few grid points
         np.testing.assert_array_equal(nearest_centroids(keys, centroids, chunk=64),
                                       cdist(keys, centroids).argmin(axis=1))
+
+
+def test_nearest_centroids_on_a_torch_device_is_the_hosts_answer_to_the_bit() -> None:
+    # torch on the CPU stands in for a GPU: the product ranks there, the exact distance decides on the host.
+    rng = np.random.default_rng(29)
+    for offset, scale in ((0.0, 1.0), (1e4, 1.0), (3.0, 1e-7)):
+        centroids = offset + scale * rng.normal(size=(300, 16))
+        centroids[7] = centroids[3]
+        keys = offset + scale * rng.normal(size=(2000, 16))
+        keys[:5] = centroids[3]
+        keys[5:40] = centroids[rng.integers(0, 300, 35)] + 1e-12 * scale  # near-ties everywhere
+        on_device = nearest_centroids(keys, centroids, chunk=256, device=torch.device("cpu"))
+        np.testing.assert_array_equal(on_device, nearest_centroids(keys, centroids, chunk=256))
+        np.testing.assert_array_equal(on_device, cdist(keys, centroids).argmin(axis=1))
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_clustering_with_distances_on_a_torch_device_finds_the_same_centroids(m: int) -> None:
+    # Ragged tasks of 2-8 ways, more classes than K at m=3 (spawns) and K above them at m=1 (merges).
+    features, true = _ragged_pile(60, 24, 260, (2, 8), (m, m), 3.0, seed=43 + m)
+    config = LabelerConfig(K=40 if m == 3 else 120)
+    host = cluster_features(features, config)
+    device = cluster_features(features, config, device=torch.device("cpu"))
+    assert sum(p["spawned"] + p["merged"] for p in host.passes) > 10  # the rules that change centroids ran
+    assert [p["centroids_after"] for p in device.passes] == [p["centroids_after"] for p in host.passes]
+    np.testing.assert_allclose(device.centroids, host.centroids, rtol=0, atol=1e-12)
+    keys = task_keys(features)
+    labels = label_tasks(keys, device.centroids, device=torch.device("cpu"))
+    np.testing.assert_array_equal(labels, label_tasks(keys, host.centroids))
+    assert clustering_report(labels, true, keys.offsets)["ari"] > 0.95
+
+
+def test_centroid_table_keeps_its_device_copy_in_step_with_the_host() -> None:
+    rng = np.random.default_rng(30)
+    table = CentroidTable(rng.normal(size=(6, 4)), torch.device("cpu"))
+    table.move_toward(np.array([1, 4]), rng.normal(size=(2, 4)), np.array([2.0, 3.0]))
+    table.append(rng.normal(size=(3, 4)))
+    task = rng.normal(size=(5, 4))
+    np.testing.assert_allclose(table.distances(task), cdist(task, table.host), rtol=1e-13)
+    table.replace(table.host[[0, 2, 8]])
+    assert table.distances(task).shape == (5, 3)
+    np.testing.assert_allclose(table.distances(task), cdist(task, table.host), rtol=1e-13)
 
 
 def _merge_both_ways(centroids, counts, apart, **settings):

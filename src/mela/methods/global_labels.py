@@ -131,7 +131,7 @@ class GlobalLabels:
 
 def infer_global_labels(
     features: np.ndarray | RaggedFeatures, config: LabelerConfig = LabelerConfig(),
-    centroids: np.ndarray | None = None,
+    centroids: np.ndarray | None = None, device: torch.device | None = None,
 ) -> GlobalLabels:
     """Cluster a pile's classes into global classes and label every task.
 
@@ -140,19 +140,22 @@ def infer_global_labels(
             :class:`RaggedFeatures` (tasks of any ways, classes of any sizes; then ``assigned`` is flat).
         config: the clustering settings.
         centroids: reuse these (K, d) centroids instead of fitting new ones.
+        device: where the key-centroid distances are computed (the training device: a GPU does the
+            labeler's passes on 1e6 keys x 1e4 centroids in chunks); ``None`` or a CPU: NumPy.
     """
+    device = None if device is None or device.type == "cpu" else device
     keys = task_keys(features)
     spread = None
     passes: list[dict] = []
     if centroids is None:
-        clustering = cluster_features(features, config, keys)
+        clustering = cluster_features(features, config, keys, device)
         centroids, passes, spread = clustering.centroids, clustering.passes, clustering.spread
     if spread is None:
         spread = key_spread(features)
     centroids = np.asarray(centroids)
-    assigned = label_tasks(keys, centroids, config.mode)
+    assigned = label_tasks(keys, centroids, config.mode, device=device)
     offsets = keys.offsets if isinstance(keys, TaskKeys) else None
-    return GlobalLabels(centroids, assigned, passes, key_diagnostics(keys, centroids, spread), offsets,
+    return GlobalLabels(centroids, assigned, passes, key_diagnostics(keys, centroids, spread, device=device), offsets,
                         key_distances(keys, centroids, assigned))
 
 

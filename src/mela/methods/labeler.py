@@ -96,6 +96,13 @@ with ``linear_sum_assignment``. Within-task pairs are index arrays, their distan
 computed in chunks. :func:`fit_centroids` updates centroids online, so it stays a loop
 over tasks (each task's keys against the current centroids).
 
+On a GPU (``device``, the training device in learn_labeler) the distances are computed
+there: the per-task distances of the loop against a device copy of the centroids kept in
+step row by row (:class:`CentroidTable`; equal to SciPy's to float64 rounding), and the
+chunked ranking of :func:`nearest_centroids` (the exact tie-break stays on the host, so its
+labels are the host's to the bit). The loop's bookkeeping (matching, spawn test, counts)
+and the merge stay on the host: they are per task or per centroid pair, not per distance.
+
 The merge holds no centroid-by-centroid matrix either once there are more than
 ``DENSE_MERGE_MAX`` centroids (a 35,000-centroid pile would need ~10 GB for it): the
 cannot-link pairs are :class:`CentroidPairs` (sorted pair codes, :func:`cooccurrence_pairs`),
@@ -114,6 +121,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -422,13 +430,16 @@ def paired_sq_distances(x: np.ndarray, rows: np.ndarray, y: np.ndarray, cols: np
     return out
 
 
-def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK_KEYS) -> np.ndarray:
+def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUNK_KEYS,
+                      device: torch.device | None = None) -> np.ndarray:
     """(K,) index of each key's nearest centroid, ``chunk`` keys at a time (fewer when there are more than
     ``CHUNK_ENTRIES / chunk`` centroids): ``cdist(keys, centroids).argmin(1)``.
 
     A matrix product ranks the centroids fast (``|c|^2 - 2 x.c``, after centring); the few
     centroids within its rounding error of the best are then compared by the exact
     distance, summed as ``cdist`` sums it, ties to the lowest index as ``argmin`` breaks them.
+    With a torch ``device`` the product runs there (float64) and only the few candidates come
+    back, so the answer is the host's to the bit.
     """
     keys = np.asarray(keys, dtype=np.float64)
     centroids = np.asarray(centroids, dtype=np.float64)
@@ -438,24 +449,48 @@ def nearest_centroids(keys: np.ndarray, centroids: np.ndarray, chunk: int = CHUN
     centre = centroids.mean(axis=0)
     shifted = centroids - centre
     norms = (shifted**2).sum(axis=1)
-    scaled = -2.0 * shifted.T
+    rank_candidates = _candidates_on(device, shifted, norms) if device is not None else _candidates(shifted, norms)
     # At most CHUNK_ENTRIES key-centroid entries per block, however many centroids there are.
     chunk = max(1, min(chunk, CHUNK_ENTRIES // len(centroids)))
     for lo in range(0, len(keys), chunk):
         block = keys[lo : lo + chunk]
-        x = block - centre
-        rank = x @ scaled
-        rank += norms
-        best = rank.min(axis=1)
-        # Rounding of the product form is far below 1e-9 of |x|^2 + |c|^2; anything that close may be the nearest.
-        slack = 1e-9 * ((x**2).sum(axis=1) + norms.max()) + 1e-300
-        rows, cols = np.nonzero(rank <= (best + slack)[:, None])
+        rows, cols = rank_candidates(block - centre)
         exact = np.sqrt(paired_sq_distances(block, rows, centroids, cols))
         order = np.lexsort((cols, exact, rows))
         first = np.ones(len(order), dtype=bool)
         first[1:] = rows[order][1:] != rows[order][:-1]
         out[lo + rows[order][first]] = cols[order][first]
     return out
+
+
+def _candidates(shifted: np.ndarray, norms: np.ndarray):
+    """(rows, cols) of the centroids within rounding of each centred key's best by the product form, NumPy."""
+    scaled, top = -2.0 * shifted.T, norms.max()
+
+    def candidates(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rank = x @ scaled
+        rank += norms
+        # Rounding of the product form is far below 1e-9 of |x|^2 + |c|^2; anything that close may be the nearest.
+        slack = 1e-9 * ((x**2).sum(axis=1) + top) + 1e-300
+        return np.nonzero(rank <= (rank.min(axis=1) + slack)[:, None])
+
+    return candidates
+
+
+def _candidates_on(device: torch.device, shifted: np.ndarray, norms: np.ndarray):
+    """:func:`_candidates` with the product on a torch device (float64, the same slack)."""
+    scaled = torch.as_tensor(-2.0 * shifted.T, device=device)
+    norms_t = torch.as_tensor(norms, device=device)
+    top = float(norms.max())
+
+    def candidates(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xt = torch.as_tensor(x, device=device)
+        rank = xt @ scaled + norms_t
+        slack = 1e-9 * ((xt**2).sum(dim=1) + top) + 1e-300
+        rows, cols = torch.nonzero(rank <= (rank.min(dim=1).values + slack)[:, None], as_tuple=True)
+        return rows.cpu().numpy(), cols.cpu().numpy()
+
+    return candidates
 
 
 def colliding_tasks(nearest: np.ndarray, task_of: np.ndarray, n_tasks: int) -> np.ndarray:
@@ -1108,9 +1143,51 @@ def key_noise(features: np.ndarray | RaggedFeatures, spread: KeySpread) -> np.nd
     return 0.5 * spread.distance**2 * inverse / inverse.mean()
 
 
+class CentroidTable:
+    """The centroids of :func:`fit_centroids`' loop, and the distances of one task's keys to them.
+
+    The loop is sequential (each task's keys against the current centroids, then an update of the
+    few it matched), so it runs on the host; what costs is the distances, K centroids x d per task.
+    With a torch ``device`` they are computed there (float64) from a copy of the centroids kept in
+    step row by row, so only a task's keys, its n_ways updated rows and its distances travel.
+    Without one, SciPy's ``cdist``. The two agree to float64 rounding.
+    """
+
+    def __init__(self, centroids: np.ndarray, device: torch.device | None = None) -> None:
+        self.host = np.asarray(centroids, dtype=np.float64).copy()
+        self.device = device
+        self._mirror = None if device is None else torch.as_tensor(self.host, device=device)
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+    def distances(self, task: np.ndarray) -> np.ndarray:
+        """(n, K) Euclidean distances of the task's keys to every centroid."""
+        if self._mirror is None:
+            return cdist(task, self.host)
+        keys = torch.as_tensor(np.asarray(task, dtype=np.float64), device=self.device)
+        return torch.cdist(keys[None], self._mirror[None], compute_mode="donot_use_mm_for_euclid_dist")[0].cpu().numpy()
+
+    def move_toward(self, rows: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> None:
+        """Running means: centroid ``rows[i]`` (now of ``counts[i]`` keys) moves toward ``keys[i]``."""
+        self.host[rows] += (keys - self.host[rows]) / counts[:, None]
+        if self._mirror is not None:
+            self._mirror[torch.as_tensor(rows, device=self.device)] = torch.as_tensor(self.host[rows],
+                                                                                     device=self.device)
+
+    def append(self, keys: np.ndarray) -> None:
+        self.replace(np.concatenate([self.host, keys]))
+
+    def replace(self, centroids: np.ndarray) -> None:
+        """New centroids (after a merge or a prune)."""
+        self.host = np.asarray(centroids, dtype=np.float64)
+        if self._mirror is not None:
+            self._mirror = torch.as_tensor(self.host, device=self.device)
+
+
 def fit_centroids(
     keys: np.ndarray | TaskKeys, config: LabelerConfig, key_distance: float | KeySpread | None = None,
-    noise: np.ndarray | None = None,
+    noise: np.ndarray | None = None, device: torch.device | None = None,
 ) -> Clustering:
     """Cluster (T, n_ways, d) task keys (or a ragged :class:`TaskKeys`) into global classes; see the module docstring.
 
@@ -1118,7 +1195,8 @@ def fit_centroids(
     distance, taken as high-dimensional); a key too far from its matched centroid to be
     of its class starts a new one (the spawn test), and indistinguishable centroids merge.
     ``None`` disables spawning and merging. ``noise``: each key's noise (:func:`key_noise`);
-    ``None``: ``s^2 / 2`` for every key.
+    ``None``: ``s^2 / 2`` for every key. ``device``: where the key-centroid distances are computed
+    (:class:`CentroidTable`, :func:`nearest_centroids`); ``None``: NumPy on the host.
     """
     tk, _ = as_task_keys(keys)
     flat_keys, n_tasks, n_ways = tk.keys, tk.n_tasks, tk.uniform_ways
@@ -1140,21 +1218,21 @@ def fit_centroids(
     if noise is not None and len(noise) != tk.n_keys:
         raise MelaError(f"noise has {len(noise)} entries for {tk.n_keys} keys; give one per key (or none)")
     # The keys of the first tasks until K are collected (for n-way tasks: of the first ceil(K / n) tasks).
-    centroids = flat_keys[: config.K].copy()
-    counts = np.zeros(len(centroids))
-    result = Clustering(centroids=centroids, spawn_z=spawn_z, spread=spread)
+    table = CentroidTable(flat_keys[: config.K], device)
+    counts = np.zeros(len(table))
+    result = Clustering(centroids=table.host, spawn_z=spawn_z, spread=spread)
     different_sq = different_class_sq_distances(tk) if spread is not None else None
     bounds = tk.offsets.tolist()
     widest = tk.max_ways
 
     for _ in range(config.max_passes):
-        k_before = len(centroids)
-        hits = np.zeros(len(centroids))
+        k_before = len(table)
+        hits = np.zeros(len(table))
         accepted_tasks = np.zeros(n_tasks, dtype=bool)
         spawned = 0
         for t in range(n_tasks):
             task = flat_keys[bounds[t] : bounds[t + 1]]
-            distances = cdist(task, centroids)
+            distances = table.distances(task)
             if reference:
                 choice = nearest_distinct(distances)
                 if choice is None:
@@ -1172,18 +1250,19 @@ def fit_centroids(
                 if new.any():
                     # Spawned centroids join at once, so later keys of the same class find them.
                     spawned += int(new.sum())
-                    centroids = np.concatenate([centroids, task[new]])
+                    table.append(task[new])
                     counts = np.concatenate([counts, np.ones(int(new.sum()))])
                     hits = np.concatenate([hits, np.ones(int(new.sum()))])
                     choice, task = choice[~new], task[~new]
             counts[choice] += 1
-            centroids[choice] += (task - centroids[choice]) / counts[choice][:, None]
+            table.move_toward(choice, task, counts[choice])
             hits[choice] += 1
         accepted = int(accepted_tasks.sum())
+        centroids = table.host
         k_merged = len(centroids)
         if spread is not None:
             # Merge before pruning, so a class split over two centroids pools its hits instead of losing both.
-            centroids, counts, hits = merge_pass(tk, centroids, hits, spread, different_sq, config)
+            centroids, counts, hits = merge_pass(tk, centroids, hits, spread, different_sq, config, device)
         k_merged -= len(centroids)
         threshold = prune_threshold(hits, n_ways if n_ways is not None else tk.ways[accepted_tasks],
                                     config.std_factor)
@@ -1198,6 +1277,7 @@ def fit_centroids(
             # No centroid is reached by two tasks: nothing shows which ones are spurious, so keep them all.
             keep = np.ones(len(hits), dtype=bool)
         centroids, counts = centroids[keep], counts[keep]
+        table.replace(centroids)
         result.passes.append({
             "centroids_before": k_before, "spawned": spawned,
             "pruned": int(k_before + spawned - k_merged - len(centroids)), "merged": int(k_merged),
@@ -1206,13 +1286,13 @@ def fit_centroids(
         })
         if len(centroids) == k_before:
             break
-    result.centroids = centroids
+    result.centroids = table.host
     return result
 
 
 def merge_pass(
     keys: np.ndarray | TaskKeys, centroids: np.ndarray, hits: np.ndarray, spread: KeySpread,
-    different_sq: np.ndarray, config: LabelerConfig,
+    different_sq: np.ndarray, config: LabelerConfig, device: torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Match every task, re-estimate centroids as member means, merge indistinguishable ones.
 
@@ -1220,7 +1300,7 @@ def merge_pass(
     nothing merges the centroids keep their running means.
     """
     tk, _ = as_task_keys(keys)
-    assigned = label_tasks(tk, centroids, "improved")
+    assigned = label_tasks(tk, centroids, "improved", device=device)
     means, members = member_means(tk, assigned, centroids)
     sparse = len(centroids) > DENSE_MERGE_MAX
     apart = (cooccurrence_pairs if sparse else cooccurrence)(assigned, len(centroids), tk.offsets)
@@ -1241,28 +1321,29 @@ def merge_pass(
 
 
 def cluster_features(features: np.ndarray | RaggedFeatures, config: LabelerConfig,
-                     keys: np.ndarray | TaskKeys | None = None) -> Clustering:
+                     keys: np.ndarray | TaskKeys | None = None, device: torch.device | None = None) -> Clustering:
     """Cluster (T, n_ways, m, d) item features (or :class:`RaggedFeatures`): what learn_labeler runs.
 
     Improved mode measures the key spread from the images of each local class, or,
     with one image per class, from a first clustering without spawning or merging
     (:func:`cluster_spread`), then clusters with it. Reference mode uses no spread.
-    ``keys``: the features' :func:`task_keys`, when the caller has them already.
+    ``keys``: the features' :func:`task_keys`, when the caller has them already. ``device``: where the
+    distances are computed (:func:`fit_centroids`).
     """
     keys = task_keys(features) if keys is None else keys
     if config.mode == "reference":
-        return fit_centroids(keys, config)
+        return fit_centroids(keys, config, device=device)
     spread = key_spread(features)
     if spread is None:
-        first = fit_centroids(keys, replace(config, max_passes=1))
-        spread = cluster_spread(keys, label_tasks(keys, first.centroids, "improved"))
+        first = fit_centroids(keys, replace(config, max_passes=1), device=device)
+        spread = cluster_spread(keys, label_tasks(keys, first.centroids, "improved", device=device))
         if spread is None:
             return first
-    return fit_centroids(keys, config, spread, key_noise(features, spread))
+    return fit_centroids(keys, config, spread, key_noise(features, spread), device)
 
 
 def label_tasks(keys: np.ndarray | TaskKeys, centroids: np.ndarray, mode: str = "improved",
-                chunk: int = CHUNK_KEYS) -> np.ndarray:
+                chunk: int = CHUNK_KEYS, device: torch.device | None = None) -> np.ndarray:
     """(T, n_ways) centroid index of each task class; rows of -1 for tasks the labeler drops.
 
     Ragged keys give flat (K,) labels, -1 for the classes of a dropped task.
@@ -1274,7 +1355,7 @@ def label_tasks(keys: np.ndarray | TaskKeys, centroids: np.ndarray, mode: str = 
     tk, shape = as_task_keys(keys)
     if len(centroids) < tk.max_ways:
         raise MelaError(f"{len(centroids)} centroids cannot label {tk.max_ways}-way tasks; lower std_factor")
-    labels = nearest_centroids(tk.keys, centroids, chunk)
+    labels = nearest_centroids(tk.keys, centroids, chunk, device)
     collide = colliding_tasks(labels, tk.task_of, tk.n_tasks)
     if mode == "reference":
         labels[collide[tk.task_of]] = -1
@@ -1368,7 +1449,7 @@ def purity(clusters: np.ndarray, true_classes: np.ndarray) -> float:
 
 def key_diagnostics(
     keys: np.ndarray | TaskKeys, centroids: np.ndarray, spread: KeySpread | float | None, max_pairs_keys: int = 4000,
-    chunk: int = CHUNK_KEYS,
+    chunk: int = CHUNK_KEYS, device: torch.device | None = None,
 ) -> dict:
     """Label-free reliability of the inferred labels; ``warning`` is a sentence or ``None``.
 
@@ -1385,11 +1466,11 @@ def key_diagnostics(
     tk, _ = as_task_keys(keys)
     spread = as_spread(spread, tk.dim)
     if spread is None and len(centroids) >= tk.max_ways:  # one-image classes: measure it around the centroids
-        spread = cluster_spread(tk, label_tasks(tk, centroids, "improved", chunk))
+        spread = cluster_spread(tk, label_tasks(tk, centroids, "improved", chunk, device))
     within = np.sqrt(within_task_sq_distances(tk))
     different = float(np.median(within)) if len(within) else float("nan")
     if len(centroids):
-        collisions = float(colliding_tasks(nearest_centroids(tk.keys, centroids, chunk), tk.task_of,
+        collisions = float(colliding_tasks(nearest_centroids(tk.keys, centroids, chunk, device), tk.task_of,
                                            tk.n_tasks).mean())
     else:
         collisions = 1.0

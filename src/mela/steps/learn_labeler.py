@@ -156,7 +156,7 @@ def _label_pile(run: Run, settings: LearnLabelerSettings, data: Dataset, tasks: 
     features = pile_features(model, train, tasks, data.mean, data.std, run.device)  # every rank its share
     labelled = None
     if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
-        labels = infer_global_labels(features, settings.labeler, centroids)
+        labels = infer_global_labels(features, settings.labeler, centroids, run.device)
         report = _publish_labels(run, settings, labels, train.labels[tasks[:, :, 0]])
         items, inferred = labels.labelled_items(tasks)
         labelled = (train.item_images()[items], inferred, report)
@@ -173,7 +173,8 @@ def _label_collection(run: Run, settings: LearnLabelerSettings, data: TaskDatase
     image_features = collection_image_features(model, train, data.mean, data.std, run.device)  # every rank
     labelled = None
     if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
-        labels = infer_global_labels(ragged_features(train, image_features), settings.labeler, centroids)
+        labels = infer_global_labels(ragged_features(train, image_features), settings.labeler, centroids,
+                                     run.device)
         report = _publish_labels(run, settings, labels, train.class_truth)
         csv_path, json_path = write_global_labels(run.run_dir, train, labels.assigned, labels.key_distances)
         run.log(f"wrote {csv_path.name} (global class of each task class) and {json_path.name} (members of each "
