@@ -44,6 +44,7 @@ def split_summary(split) -> dict:
 
 def dataset_info(name: str, folder: Path) -> dict:
     """Classes, images and images per class of every split of ``name``, plus shape, super-classes and groups."""
+    from mela.data.packed import pack_state
     from mela.data.registry import get_dataset_spec, load_split
 
     spec = get_dataset_spec(name)
@@ -60,6 +61,9 @@ def dataset_info(name: str, folder: Path) -> dict:
         split = load_split(name, split_name, folder)
         info["image_shape"] = list(split.image_shape)
         info["splits"][split_name] = split_summary(split)
+        state, why = pack_state(spec, split_name, folder)
+        if state != "absent":
+            info["splits"][split_name]["pack"] = state if why is None else f"{state}: {why}"
         if split.superclass is not None:
             names = split.superclass_names or tuple(f"{split_name}:{i}" for i in range(int(split.superclass.max()) + 1))
             superclasses.extend(n for n in names if n not in superclasses)
@@ -79,6 +83,13 @@ def _format_info(info: dict) -> str:
             f"  {split:<5} {s['classes']} classes, {s['images']} images{extra}; per class min "
             f"{s['images_per_class_min']}, median {s['images_per_class_median']:g}"
         )
+    packs = {split: s["pack"] for split, s in info["splits"].items() if "pack" in s}
+    current = [split for split, state in packs.items() if state == "current"]
+    if current:
+        lines.append(f"  packed (memory-mapped): {', '.join(current)}")
+    for split, state in packs.items():
+        if state != "current":
+            lines.append(f"  pack of {split} ignored, {state} (run `mela data pack {info['name']}`)")
     if info["groups"]:
         lines.append(f"  groups: {', '.join(info['groups'])}")
     if info["superclasses"]:
@@ -87,7 +98,12 @@ def _format_info(info: dict) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from mela.data.packed import pack_state
     from mela.data.registry import get_dataset_spec, missing_files, workspace_datasets
+
+    def loadable(name: str, split: str) -> bool:  # its files are there, or a current pack stands in for them
+        spec = get_dataset_spec(name)
+        return not missing_files(name, split, folder) or pack_state(spec, split, folder)[0] == "current"
 
     folder = data_dir(_workspace(args))
     if args.name:
@@ -95,7 +111,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         infos = []
         for name in workspace_datasets():
-            if any(missing_files(name, split, folder) for split in get_dataset_spec(name).splits):
+            if not all(loadable(name, split) for split in get_dataset_spec(name).splits):
                 infos.append({"name": name, "present": False})
             else:
                 infos.append(dataset_info(name, folder))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -137,3 +138,48 @@ def test_a_packed_split_goes_to_torch_without_a_copy_or_a_warning(tmp_path: Path
         pixels = place_images(split.images, torch.device("cpu"))
     assert np.shares_memory(pixels.numpy(), split.images)
     assert torch.equal(pixels[[3, 1]], torch.from_numpy(np.array(split.images[[3, 1]])))
+
+
+def _data_cli(argv: list[str], capsys) -> tuple[int, str]:
+    from mela import data_cli
+
+    code = data_cli.main(argv)
+    return code, capsys.readouterr().out
+
+
+def test_data_check_and_info_say_which_splits_are_packed_stale_or_only_held_by_their_pack(tmp_path: Path,
+                                                                                          capsys) -> None:
+    write_fc100(tmp_path / "metaL_data")
+    pack_dataset("fc100", tmp_path / "metaL_data", log=lambda _line: None)
+    workspace = ["--workspace", str(tmp_path)]
+    code, out = _data_cli(["check", "fc100", *workspace], capsys)
+    assert code == 0 and out.count("present  8 classes, 48 images of 32x32x1; packed (memory-mapped)") == 1
+    assert out.count("; packed (memory-mapped)") == 3
+    code, out = _data_cli(["info", "fc100", *workspace], capsys)
+    assert code == 0 and "  packed (memory-mapped): train, val, test" in out.splitlines()
+
+    data = tmp_path / "metaL_data" / "FC100"
+    (data / "test.pickle").unlink()  # the pack is now the only copy of test
+    blob = pickle.loads((data / "val.pickle").read_bytes())
+    _dump(data / "val.pickle", {**blob, "data": 255 - blob["data"]})  # val's pack goes stale
+    os.utime(data / "val.pickle", ns=(0, (data / "val.pickle").stat().st_mtime_ns + 5_000_000_000))
+    code, out = _data_cli(["check", "fc100", *workspace], capsys)
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("fc100")}
+    assert code == 0 and lines["test"].endswith("present  4 classes, 24 images of 32x32x1 (packed copy, source "
+                                                "files gone)")
+    assert lines["val"].endswith("present  4 classes, 24 images of 32x32x1; its pack is ignored: FC100/val.pickle "
+                                 "changed since it was packed (run `mela data pack fc100`)")
+    code, out = _data_cli(["check", "fc100", "--quick", *workspace], capsys)
+    assert "present  packed copy, source files gone (not loaded)" in out
+    code, out = _data_cli(["info", "fc100", *workspace], capsys)
+    assert "  packed (memory-mapped): train, test" in out.splitlines()
+    assert ("  pack of val ignored, stale: FC100/val.pickle changed since it was packed (run `mela data pack "
+            "fc100`)") in out.splitlines()
+    code, out = _data_cli(["info", *workspace], capsys)  # the listing counts fc100 as present
+    assert "fc100: not present" not in out and "  packed (memory-mapped): train, test" in out
+
+    images = packed_folder(tmp_path / "metaL_data", "fc100") / "test.images.npy"
+    images.write_bytes(images.read_bytes()[:1000])  # a damaged pack with no source left: corrupt, exit 1
+    code, out = _data_cli(["check", "fc100", *workspace], capsys)
+    assert code == 1 and re.search(r"fc100 +test +corrupt +the packed copy is unreadable and the source files are "
+                                   r"gone; restore them and run `mela data pack fc100`", out)

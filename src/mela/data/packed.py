@@ -134,6 +134,21 @@ def load_packed(spec: DatasetSpec, split: str, data_dir: Path) -> ImageSplit | N
         return None
 
 
+def pack_state(spec: DatasetSpec, split: str, data_dir: Path) -> tuple[str, str | None]:
+    """Whether ``split`` of ``spec`` has a pack loading would use, without loading it: ``("absent", None)``,
+    ``("current", None)``, ``("stale", why)`` or ``("damaged", why)`` (its stamp cannot be read). A current pack can
+    still prove damaged when its arrays are read (:func:`load_packed` then notes it and reads the files)."""
+    meta_path = split_paths(packed_folder(data_dir, spec.name), split)[2]
+    if not meta_path.is_file():
+        return "absent", None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        why = stale_reason(meta["source"], source_stamp(spec, data_dir, split))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return "damaged", f"its {meta_path.name} is unreadable ({exc})"
+    return ("current", None) if why is None else ("stale", why)
+
+
 def _names(values: list | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(str(v) for v in values)
 
