@@ -809,10 +809,12 @@ def test_centroid_table_keeps_its_device_copy_in_step_with_the_host() -> None:
     rng = np.random.default_rng(30)
     table = CentroidTable(rng.normal(size=(6, 4)), torch.device("cpu"))
     table.move_toward(np.array([1, 4]), rng.normal(size=(2, 4)), np.array([2.0, 3.0]))
-    table.append(rng.normal(size=(3, 4)))
+    for _ in range(3):  # the device copy grows past its first capacity
+        table.append(rng.normal(size=(3, 4)))
+    assert len(table) == 15
     task = rng.normal(size=(5, 4))
     np.testing.assert_allclose(table.distances(task), cdist(task, table.host), rtol=1e-13)
-    table.replace(table.host[[0, 2, 8]])
+    table.replace(table.host[[0, 2, 14]])
     assert table.distances(task).shape == (5, 3)
     np.testing.assert_allclose(table.distances(task), cdist(task, table.host), rtol=1e-13)
 

@@ -1149,14 +1149,16 @@ class CentroidTable:
     The loop is sequential (each task's keys against the current centroids, then an update of the
     few it matched), so it runs on the host; what costs is the distances, K centroids x d per task.
     With a torch ``device`` they are computed there (float64) from a copy of the centroids kept in
-    step row by row, so only a task's keys, its n_ways updated rows and its distances travel.
-    Without one, SciPy's ``cdist``. The two agree to float64 rounding.
+    step row by row, so only a task's keys, its n_ways updated or spawned rows and its distances
+    travel (the copy grows by doubling, as a list does). Without one, SciPy's ``cdist``. The two
+    agree to float64 rounding.
     """
 
     def __init__(self, centroids: np.ndarray, device: torch.device | None = None) -> None:
         self.host = np.asarray(centroids, dtype=np.float64).copy()
         self.device = device
-        self._mirror = None if device is None else torch.as_tensor(self.host, device=device)
+        self._mirror: torch.Tensor | None = None
+        self.replace(self.host)
 
     def __len__(self) -> int:
         return len(self.host)
@@ -1166,7 +1168,8 @@ class CentroidTable:
         if self._mirror is None:
             return cdist(task, self.host)
         keys = torch.as_tensor(np.asarray(task, dtype=np.float64), device=self.device)
-        return torch.cdist(keys[None], self._mirror[None], compute_mode="donot_use_mm_for_euclid_dist")[0].cpu().numpy()
+        rows = self._mirror[None, : len(self.host)]
+        return torch.cdist(keys[None], rows, compute_mode="donot_use_mm_for_euclid_dist")[0].cpu().numpy()
 
     def move_toward(self, rows: np.ndarray, keys: np.ndarray, counts: np.ndarray) -> None:
         """Running means: centroid ``rows[i]`` (now of ``counts[i]`` keys) moves toward ``keys[i]``."""
@@ -1176,13 +1179,22 @@ class CentroidTable:
                                                                                      device=self.device)
 
     def append(self, keys: np.ndarray) -> None:
-        self.replace(np.concatenate([self.host, keys]))
+        """New centroids at these keys (spawns)."""
+        start = len(self.host)
+        self.host = np.concatenate([self.host, keys])
+        if self._mirror is None:
+            return
+        if len(self.host) > len(self._mirror):
+            grown = self._mirror.new_empty((max(2 * len(self._mirror), len(self.host)), self.host.shape[1]))
+            grown[:start] = self._mirror[:start]
+            self._mirror = grown
+        self._mirror[start : len(self.host)] = torch.as_tensor(self.host[start:], device=self.device)
 
     def replace(self, centroids: np.ndarray) -> None:
         """New centroids (after a merge or a prune)."""
         self.host = np.asarray(centroids, dtype=np.float64)
-        if self._mirror is not None:
-            self._mirror = torch.as_tensor(self.host, device=self.device)
+        if self.device is not None:
+            self._mirror = torch.as_tensor(self.host, device=self.device).clone()
 
 
 def fit_centroids(
