@@ -102,15 +102,13 @@ def load_packed(spec: DatasetSpec, split: str, data_dir: Path) -> ImageSplit | N
     from mela.data.seed_datasets import read_npy  # the loader mini60 / tiered780 map their images with
 
     folder = packed_folder(data_dir, spec.name)
-    images_path, arrays_path, meta_path = split_paths(folder, split)
-    if not meta_path.is_file():
+    images_path, arrays_path, _ = split_paths(folder, split)
+    state, why, meta = _read_stamp(spec, split, data_dir)
+    if state != "current":
+        if state != "absent":
+            _note(spec, split, folder, why if state == "stale" else f"it is unreadable or damaged ({why})")
         return None
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        why = stale_reason(meta["source"], source_stamp(spec, data_dir, split))
-        if why is not None:
-            _note(spec, split, folder, why)
-            return None
         images = read_npy(images_path, mmap=True, read_only=True)
         if list(images.shape) != meta["images_shape"] or images.dtype != np.uint8:
             raise ValueError(f"{images_path.name} holds {images.dtype} {list(images.shape)}, the pack says uint8 "
@@ -138,15 +136,24 @@ def pack_state(spec: DatasetSpec, split: str, data_dir: Path) -> tuple[str, str 
     """Whether ``split`` of ``spec`` has a pack loading would use, without loading it: ``("absent", None)``,
     ``("current", None)``, ``("stale", why)`` or ``("damaged", why)`` (its stamp cannot be read). A current pack can
     still prove damaged when its arrays are read (:func:`load_packed` then notes it and reads the files)."""
+    state, why, _ = _read_stamp(spec, split, data_dir)
+    if state == "damaged":
+        return state, f"its {split_paths(packed_folder(data_dir, spec.name), split)[2].name} is unreadable ({why})"
+    return state, why
+
+
+def _read_stamp(spec: DatasetSpec, split: str, data_dir: Path) -> tuple[str, str | None, dict | None]:
+    """The pack's ``.json`` and its state against the source files: (state, why, meta); ``why`` of a damaged
+    stamp is the read error."""
     meta_path = split_paths(packed_folder(data_dir, spec.name), split)[2]
     if not meta_path.is_file():
-        return "absent", None
+        return "absent", None, None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         why = stale_reason(meta["source"], source_stamp(spec, data_dir, split))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return "damaged", f"its {meta_path.name} is unreadable ({exc})"
-    return ("current", None) if why is None else ("stale", why)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, MelaError) as exc:
+        return "damaged", str(exc), None
+    return ("current" if why is None else "stale"), why, meta
 
 
 def _names(values: list | None) -> tuple[str, ...] | None:
