@@ -132,6 +132,11 @@ def _merge_child(k: int, dim: int, dense_max: int = 8000) -> None:
     print(json.dumps(row))
 
 
+def _run_key(row: dict) -> tuple:
+    """A pile run is replaced by a rerun of the same size on the same device (older rows: the CPU)."""
+    return row["tasks"], row["true_classes"], row.get("device", "cpu")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="+", default=[10_000])
@@ -170,13 +175,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
-        key = lambda r: (r["tasks"], r["true_classes"], r.get("device", "cpu"))  # noqa: E731
-        rows = [r for r in rows if key(r) != key(row)] + [row]
+        rows = [r for r in rows if _run_key(r) != _run_key(row)] + [row]
     RESULTS.mkdir(exist_ok=True)
     OUT.write_text(json.dumps({"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                                           "2 cores shared with other jobs",
-                               "runs": sorted(rows, key=lambda r: (r["tasks"], r["true_classes"],
-                                                                   r.get("device", "cpu"))),
+                               "runs": sorted(rows, key=_run_key),
                                "merge_runs": sorted(merge_rows, key=lambda r: r["merge_centroids"])}, indent=1) + "\n")
     return rows
 

@@ -101,11 +101,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     from mela.data.packed import pack_state
     from mela.data.registry import get_dataset_spec, missing_files, workspace_datasets
 
+    folder = data_dir(_workspace(args))
+
     def loadable(name: str, split: str) -> bool:  # its files are there, or a current pack stands in for them
         spec = get_dataset_spec(name)
         return not missing_files(name, split, folder) or pack_state(spec, split, folder)[0] == "current"
 
-    folder = data_dir(_workspace(args))
     if args.name:
         infos = [dataset_info(args.name, folder)]
     else:

@@ -140,8 +140,8 @@ def infer_global_labels(
             :class:`RaggedFeatures` (tasks of any ways, classes of any sizes; then ``assigned`` is flat).
         config: the clustering settings.
         centroids: reuse these (K, d) centroids instead of fitting new ones.
-        device: where the key-centroid distances are computed (the training device: a GPU does the
-            labeler's passes on 1e6 keys x 1e4 centroids in chunks); ``None`` or a CPU: NumPy.
+        device: where the key-centroid distances are computed (the training device; on a GPU each pass's
+            distances are computed there, in chunks); ``None`` or a CPU: NumPy.
     """
     device = None if device is None or device.type == "cpu" else device
     keys = task_keys(features)
