@@ -11,7 +11,7 @@ Cases (every combination):
 - each class recurring 2, 4 or 8 times in the pile (5-way tasks, no image reused);
 - keys of 1 or 5 images per class.
 
-Both modes run with the learn_labeler defaults (K=400, std_factor=3.5). When reference
+Both modes run with the learn_labeler defaults (K=400, std_factor=3.5; --K changes K for both). When reference
 mode drops a task, its classes count as unassigned, each its own cluster (when it
 raises, every class is unassigned). Writes benchmarks/results/labeler_sweep.{json,md}.
 
@@ -33,15 +33,8 @@ import numpy as np
 
 from mela.data.samplers import TaskShape, no_replacement_tasks
 from mela.errors import MelaError
-from mela.methods.labeler import (
-    LabelerConfig,
-    cluster_features,
-    clustering_report,
-    key_diagnostics,
-    key_spread,
-    label_tasks,
-    task_keys,
-)
+from mela.methods.global_labels import MAX_DATA_DRIVEN_COUNT_SLOPE, infer_global_labels
+from mela.methods.labeler import LabelerConfig, clustering_report
 
 RESULTS = Path(__file__).parent / "results"
 N_WAYS = 5
@@ -87,29 +80,25 @@ def make_pile(labels: np.ndarray, recurrence: int, key_size: int, seed: int) -> 
     return tasks[rng.permutation(len(tasks))]
 
 
-def run_modes(features: np.ndarray, true: np.ndarray) -> dict[str, dict]:
-    """Both labeler modes on one pile: report, diagnostics (improved), seconds."""
+def run_modes(features: np.ndarray, true: np.ndarray, K: int = 400) -> dict[str, dict]:
+    """Both labeler modes on one pile, as learn_labeler runs them: report, diagnostics (improved), seconds
+    (improved: with its diagnostics and count check, a second clustering at 0.75 K)."""
     out = {}
-    keys = task_keys(features)
     for mode in ("reference", "improved"):
-        config = LabelerConfig(mode=mode)
         start = time.perf_counter()
         try:
-            clustering = cluster_features(features, config)
-            assigned = label_tasks(keys, clustering.centroids, mode)
-            error = None
+            labels = infer_global_labels(features, LabelerConfig(K=K, mode=mode))
+            assigned, error = labels.assigned, None
         except MelaError as exc:
-            clustering, assigned, error = None, np.full(true.shape, -1), str(exc)
+            labels, assigned, error = None, np.full(true.shape, -1), str(exc)
         seconds = time.perf_counter() - start
         report = clustering_report(assigned, true)
         row = {"clusters": report["clusters_with_unassigned"], "true_classes": report["true_classes"],
                "purity": report["purity"], "ari": report["ari"], "nmi": report["nmi"],
                "clustering_accuracy": report["clustering_accuracy"], "tasks_kept": report["tasks_kept"],
                "tasks_total": report["tasks_total"], "seconds": seconds, "error": error}
-        if mode == "improved" and clustering is not None:
-            spread = clustering.spread if clustering.spread is not None else key_spread(features)
-            diag = key_diagnostics(keys, clustering.centroids, spread)
-            row["diagnostics"] = diag
+        if mode == "improved" and labels is not None:
+            row["diagnostics"] = labels.diagnostics
         out[mode] = row
     return out
 
@@ -149,19 +138,20 @@ def glyph_features(variant: str, stage: str, source: str, cache: Path) -> tuple[
 
 def markdown(rows: list[dict]) -> str:
     head = ("| case | recur | key imgs | true | ref clusters | ref purity | ref ARI | ref NMI | ref s | "
-            "imp clusters | imp purity | imp ARI | imp NMI | imp s | ratio | collisions | warning |")
+            "imp clusters | imp purity | imp ARI | imp NMI | imp s | ratio | collisions | count slope | warning |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         ref, imp = r["reference"], r["improved"]
         diag = imp.get("diagnostics", {})
         ratio = diag.get("distance_ratio")
         collisions = diag.get("cannot_link_violation_rate", float("nan"))
+        slope = diag.get("count_check", {}).get("slope")
         lines.append(
             f"| {r['case']} | {r['recurrence']} | {r['key_images']} | {ref['true_classes']} | {ref['clusters']} | "
             f"{ref['purity']:.3f} | {ref['ari']:.3f} | {ref['nmi']:.3f} | {ref['seconds']:.1f} | {imp['clusters']} | "
             f"{imp['purity']:.3f} | {imp['ari']:.3f} | {imp['nmi']:.3f} | {imp['seconds']:.1f} | "
             f"{'-' if ratio is None else f'{ratio:.2f}'} | {collisions:.2f} | "
-            f"{'yes' if diag.get('warning') else 'no'} |")
+            f"{'-' if slope is None else f'{slope:.2f}'} | {'yes' if diag.get('warning') else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +186,8 @@ def verdict(rows: list[dict]) -> dict:
         ref_err, imp_err = abs(ref["clusters"] - n) / n, abs(imp["clusters"] - n) / n
         if imp["ari"] < ref["ari"] - 1e-9 or imp_err > ref_err + 1e-9:
             worse.append({"case": r["case"], "recurrence": r["recurrence"], "key_images": r["key_images"],
-                          "ari": [ref["ari"], imp["ari"]], "count_error": [ref_err, imp_err]})
+                          "ari": [ref["ari"], imp["ari"]], "count_error": [ref_err, imp_err],
+                          "count_slope": imp.get("diagnostics", {}).get("count_check", {}).get("slope")})
         target_case = r["case"].endswith("-trained") and r["key_images"] == 5 and r["recurrence"] in (4, 8)
         if target_case and not (imp_err <= 0.10 and imp["ari"] >= 0.9):
             target_misses.append({"case": r["case"], "recurrence": r["recurrence"], "ari": imp["ari"],
@@ -208,6 +199,12 @@ def verdict(rows: list[dict]) -> dict:
         "cases": len(rows),
         "improved_ari_below_reference": sum(w["ari"][1] < w["ari"][0] - 1e-9 for w in worse),
         "improved_count_error_above_reference": sum(w["count_error"][1] > w["count_error"][0] + 1e-9 for w in worse),
+        # Of those, the piles where the improved count follows K (the count check warns there).
+        "count_above_reference_where_count_follows_k": sum(
+            w["count_error"][1] > w["count_error"][0] + 1e-9 and (w["count_slope"] or 0.0) > MAX_DATA_DRIVEN_COUNT_SLOPE
+            for w in worse),
+        "count_follows_k": sum((r["improved"].get("diagnostics", {}).get("count_check", {}).get("slope") or 0.0)
+                               > MAX_DATA_DRIVEN_COUNT_SLOPE for r in rows),
         "mean_ari": {m: float(np.mean([r[m]["ari"] for r in rows])) for m in ("reference", "improved")} if rows else {},
         "mean_count_error": {m: float(np.mean([error(r[m]) for r in rows])) for m in ("reference", "improved")}
         if rows else {},
@@ -223,6 +220,7 @@ def main() -> None:
     parser.add_argument("--no-synthetic", action="store_true")
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--K", type=int, default=400, help="initial centroids of both modes (learn_labeler's K)")
     parser.add_argument("--out", default="labeler_sweep")
     parser.add_argument("--summarise", action="store_true",
                         help="only rewrite the .md (table, per-case summary, verdict) from the existing .json")
@@ -235,7 +233,7 @@ def main() -> None:
 
     def record(case: str, items: np.ndarray, labels: np.ndarray, recurrence: int, key_size: int) -> None:
         tasks = make_pile(labels, recurrence, key_size, args.seed)
-        result = run_modes(items[tasks], labels[tasks[:, :, 0]])
+        result = run_modes(items[tasks], labels[tasks[:, :, 0]], args.K)
         row = {"case": case, "recurrence": recurrence, "key_images": key_size, **result}
         rows.append(row)
         ref, imp = result["reference"], result["improved"]

@@ -86,3 +86,51 @@ def test_labelled_items_refuses_a_ragged_pile_and_item_labels_a_mismatched_one_w
         labels.labelled_items(np.zeros((2, 2, 1), dtype=int))
     with pytest.raises(MelaError, match="describe 2 classes but the labels cover 4"):
         labels.item_labels(np.array([0, 1, 2]))
+
+
+def _one_image_pile(seed: int, n_classes: int, recurrence: int, dim: int, separation: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 5, 1, dim) one-image keys of overlapping classes (class means `separation` apart relative to the
+    image noise), each class recurring `recurrence` times in 5-way tasks of distinct classes."""
+    rng = np.random.default_rng(seed)
+    means = separation * rng.normal(size=(n_classes, dim)) / math.sqrt(dim)
+    tasks = []
+    for _ in range(recurrence):
+        order = rng.permutation(n_classes)
+        tasks += [order[i : i + 5] for i in range(0, n_classes - 4, 5)]
+    true = np.array(tasks)
+    return means[true][:, :, None] + rng.normal(size=(*true.shape, 1, dim)) / math.sqrt(dim), true
+
+
+@pytest.mark.parametrize("make", [lambda: _fixed_pile(4), lambda: _ragged_pile(5)], ids=["fixed", "ragged"])
+def test_count_check_finds_the_same_count_at_a_lower_k_when_the_keys_separate_the_classes(make) -> None:
+    features, true = make()
+    labels = infer_global_labels(features, LabelerConfig(K=40))
+    check = labels.diagnostics["count_check"]
+    assert check == {"K": 40, "clusters": 15, "K_lower": 30, "clusters_lower": 15, "slope": 0.0}
+    assert labels.warning is None
+
+
+@pytest.mark.parametrize("seed, n_classes, recurrence, dim, separation",
+                         [(0, 60, 6, 16, 0.0), (1, 70, 8, 32, 0.3), (2, 50, 6, 8, 0.5)])
+def test_count_check_warns_when_one_image_keys_of_overlapping_classes_keep_about_k_clusters(
+        seed: int, n_classes: int, recurrence: int, dim: int, separation: float) -> None:
+    features, _ = _one_image_pile(seed, n_classes, recurrence, dim, separation)
+    labels = infer_global_labels(features, LabelerConfig(K=80))
+    check = labels.diagnostics["count_check"]
+    # The lower run is what a user gets by asking for K=60 directly.
+    lower = infer_global_labels(features, LabelerConfig(K=60, count_check=False))
+    assert (check["K_lower"], check["clusters_lower"]) == (60, lower.n_clusters)
+    assert check["clusters"] == labels.n_clusters
+    assert check["slope"] == pytest.approx((labels.n_clusters - lower.n_clusters) / 20)
+    assert check["slope"] > 0.5
+    assert f"follows K ({lower.n_clusters} with K=60, {labels.n_clusters} with K=80)" in labels.warning
+    assert "count_check" not in lower.diagnostics
+
+
+def test_count_check_is_skipped_for_reference_mode_given_centroids_and_a_k_that_cannot_go_lower() -> None:
+    features, _ = _fixed_pile(6)
+    assert "count_check" not in infer_global_labels(features, LabelerConfig(K=16, mode="reference")).diagnostics
+    fitted = infer_global_labels(features, LabelerConfig(K=40))
+    assert "count_check" not in infer_global_labels(features, LabelerConfig(K=40), fitted.centroids).diagnostics
+    assert "count_check" not in infer_global_labels(features, LabelerConfig(K=4)).diagnostics  # 4-way tasks need 4

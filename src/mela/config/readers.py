@@ -136,4 +136,5 @@ def read_supervised(cfg: DictConfig, data_aug_key: str = "data_aug", rotate_key:
 def read_labeler(cfg: DictConfig) -> LabelerConfig:
     return LabelerConfig(K=int(cfg.K), std_factor=float(cfg.std_factor), mode=str(cfg.labeler),
                          max_passes=int(cfg.max_passes), spawn_factor=float(cfg.spawn_factor),
-                         merge_factor=float(cfg.merge_factor), merge_risk=float(cfg.merge_risk))
+                         merge_factor=float(cfg.merge_factor), merge_risk=float(cfg.merge_risk),
+                         count_check=bool(cfg.count_check))

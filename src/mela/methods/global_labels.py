@@ -7,7 +7,7 @@ the result into labelled images for pre-training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,11 @@ from mela.methods.labeler import (
     tasks_kept,
 )
 
+# The count check clusters again with this fraction of K (at least the widest task's ways).
+COUNT_CHECK_K_FRACTION = 0.75
+# Above this slope (clusters gained per centroid of K) the number of clusters is K's, not the data's.
+MAX_DATA_DRIVEN_COUNT_SLOPE = 0.5
+
 
 @dataclass(frozen=True)
 class GlobalLabels:
@@ -40,7 +45,8 @@ class GlobalLabels:
             (``labeler=reference`` only). For a ragged pile: flat, one entry per task class, in the pile's order.
         passes: what each clustering pass did (spawned, pruned, merged, ...); empty with given centroids.
         diagnostics: label-free reliability of the labels (``methods.labeler.key_diagnostics``): same- vs
-            different-class key distance, cannot-link violations, and ``warning`` (a sentence or None).
+            different-class key distance, cannot-link violations, ``count_check`` (:func:`count_sensitivity`,
+            improved mode) and ``warning`` (a sentence or None).
         task_offsets: (T + 1,) for a ragged pile, task t's classes being
             ``assigned[task_offsets[t]:task_offsets[t + 1]]``; None for a fixed-shape pile.
         key_distances: distance of each task class's key to its centroid, shaped like ``assigned`` (NaN where
@@ -155,8 +161,50 @@ def infer_global_labels(
     centroids = np.asarray(centroids)
     assigned = label_tasks(keys, centroids, config.mode, device=device)
     offsets = keys.offsets if isinstance(keys, TaskKeys) else None
-    return GlobalLabels(centroids, assigned, passes, key_diagnostics(keys, centroids, spread, device=device), offsets,
-                        key_distances(keys, centroids, assigned))
+    diagnostics = key_diagnostics(keys, centroids, spread, device=device)
+    if passes and config.mode == "improved" and config.count_check:
+        check = count_sensitivity(features, keys, config, _n_labels(assigned), device)
+        if check is not None:
+            diagnostics["count_check"] = check
+            warnings = [w for w in (diagnostics["warning"], count_warning(check)) if w]
+            diagnostics["warning"] = "; ".join(warnings) or None
+    return GlobalLabels(centroids, assigned, passes, diagnostics, offsets, key_distances(keys, centroids, assigned))
+
+
+def _n_labels(assigned: np.ndarray) -> int:
+    return len(np.unique(assigned[assigned >= 0]))
+
+
+def count_sensitivity(
+    features: np.ndarray | RaggedFeatures, keys: np.ndarray | TaskKeys, config: LabelerConfig, clusters: int,
+    device: torch.device | None = None,
+) -> dict | None:
+    """Did the number of clusters come from the data or from K? Cluster again with a smaller K and compare.
+
+    Where the keys settle the classes (the spawn and merge tests are decisive), the count barely moves
+    with K; where they cannot (keys of one image whose classes overlap at that resolution), the labeler
+    keeps about as many clusters as it started with, and the count is a setting, not a finding.
+    ``slope``: clusters gained per initial centroid between the two runs (0: the data's count, 1: K's).
+    None when K cannot be lowered (at most the widest task's ways).
+    """
+    widest = int(np.max(np.diff(keys.offsets))) if isinstance(keys, TaskKeys) else keys.shape[1]
+    lower = max(widest, round(COUNT_CHECK_K_FRACTION * config.K))
+    if lower >= config.K:
+        return None
+    again = cluster_features(features, replace(config, K=lower), keys, device)
+    fewer = _n_labels(label_tasks(keys, again.centroids, config.mode, device=device))
+    return {"K": config.K, "clusters": clusters, "K_lower": lower, "clusters_lower": fewer,
+            "slope": (clusters - fewer) / (config.K - lower)}
+
+
+def count_warning(check: dict) -> str | None:
+    """A sentence when :func:`count_sensitivity` says the number of clusters follows K, else None."""
+    if not check["slope"] > MAX_DATA_DRIVEN_COUNT_SLOPE:
+        return None
+    return (f"the number of clusters follows K ({check['clusters_lower']} with K={check['K_lower']}, "
+            f"{check['clusters']} with K={check['K']}): the keys do not settle how many classes the pile has, "
+            "so the count is a setting, not a finding; set K to your estimate of the number of classes (keys "
+            "that average more images per class, or a better trained representation, let the data decide)")
 
 
 def pile_features(

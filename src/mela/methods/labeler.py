@@ -147,7 +147,11 @@ MERGE_METHODS = ("auto", "dense", "sparse")
 
 @dataclass(frozen=True)
 class LabelerConfig:
-    """Settings of the clustering (names follow the reference's config)."""
+    """Settings of the clustering (names follow the reference's config).
+
+    ``count_check`` (improved mode): cluster a second time with a smaller K to tell whether the number of
+    clusters came from the data or from K (see :func:`mela.methods.global_labels.count_sensitivity`).
+    """
 
     K: int = 400
     std_factor: float = 3.5
@@ -156,6 +160,7 @@ class LabelerConfig:
     spawn_factor: float = 8.0
     merge_factor: float = 6.0
     merge_risk: float = 0.01
+    count_check: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -201,6 +201,10 @@ def _publish_labels(run: Run, settings: LearnLabelerSettings, labels: GlobalLabe
     run.log(f"label-free: same/different-class key distance {'n/a' if ratio is None else f'{ratio:.2f}'}, "
             f"{100 * labels.diagnostics.get('cannot_link_violation_rate', 0.0):.1f}% of tasks collide on a "
             "centroid")
+    check = labels.diagnostics.get("count_check")
+    if check:
+        run.log(f"count check: {check['clusters_lower']} clusters with K={check['K_lower']}, {check['clusters']} "
+                f"with K={check['K']} (slope {check['slope']:.2f}; near 0 the data set the count, near 1 K did)")
     if labels.warning:
         run.log(f"WARNING: {labels.warning}")
     if true_classes is None:
