@@ -58,6 +58,10 @@ def test_labeler_then_meta_eval_find_earlier_runs_by_name_and_latest(synthetic_d
     assert result["labeler"]["true_classes"] == 24
     assert report["tasks_kept"] == report["tasks_total"] > 0
     assert 0.0 <= report["clustering_accuracy"] <= 1.0
+    check = report["diagnostics"]["count_check"]
+    assert (check["K"], check["K_lower"], check["clusters"]) == (40, 30, report["clusters"])
+    log = (saves_dir(workspace) / "learn_labeler" / "lab" / "log.txt").read_text()
+    assert f"count check: {check['clusters_lower']} clusters with K=30, {check['clusters']} with K=40" in log
     centroids = np.load(saves_dir(workspace) / "learn_labeler" / "lab" / "centroids.npz")["centroids"]
     # Every cluster that labels a task is a centroid; a centroid may end up labelling nothing.
     assert centroids.shape[1] == 64 and centroids.shape[0] == report["centroids"] >= report["clusters"]
@@ -81,6 +85,7 @@ def test_reusing_saved_centroids_gives_the_same_labels(synthetic_dataset, worksp
                for n in ("a", "b")]
     assert reports[0]["clusters"] == reports[1]["clusters"]
     assert reports[0]["clustering_accuracy"] == reports[1]["clustering_accuracy"]
+    assert "count_check" in reports[0]["diagnostics"] and "count_check" not in reports[1]["diagnostics"]
 
 
 def test_the_oracle_trains_with_rotation_heads_and_evaluates(synthetic_dataset, workspace):
