@@ -13,7 +13,7 @@ import pytest
 
 from mela.errors import MelaError
 from mela.reporting.metrics import MetricsWriter
-from mela.reporting.report import differing_settings, main, wall_seconds, write_report
+from mela.reporting.report import differing_settings, labeler_cell, main, wall_seconds, write_report
 
 SAVES = Path("checkpoint") / "label_learn" / "saves"
 
@@ -195,3 +195,13 @@ def test_main_writes_next_to_a_single_path_and_prints_both_files(two_pipelines, 
     assert capsys.readouterr().out.split() == [str(pipeline_dir / "report.md"), str(pipeline_dir / "report.html")]
     assert markdown_tables((pipeline_dir / "report.md").read_text())[0] == expected_accuracy_rows(pipeline_dir)
     assert "![" not in (pipeline_dir / "report.md").read_text() and not (pipeline_dir / "report_plots").exists()
+
+
+def test_a_labeler_warning_is_flagged_in_its_cell_and_a_clean_report_is_not() -> None:
+    summary = {"clusters": 402, "true_classes": 355, "clustering_accuracy": 0.8, "ari": 0.65, "tasks_kept": 568,
+               "tasks_total": 568}
+    assert labeler_cell(summary) == "402 clusters / 355 classes, acc 0.800, ARI 0.650, 568/568 tasks"
+    warned = labeler_cell({**summary, "warning": "the number of clusters follows K (301 with K=300, 402 with K=400)"})
+    assert warned == "402 clusters / 355 classes, acc 0.800, ARI 0.650, 568/568 tasks, WARNING in labeler_report.json"
+    assert labeler_cell({"clusters": 9, "tasks_kept": 3, "tasks_total": 3, "warning": "x"}).endswith(
+        "(no true labels), 3/3 tasks, WARNING in labeler_report.json")

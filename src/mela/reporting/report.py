@@ -238,14 +238,17 @@ def accuracy_cell(acc: float, ci: float) -> str:
 
 
 def labeler_cell(summary: dict | None) -> str:
+    """Counts and agreement of the labeler; a warning in its report is flagged (the sentence is too long for a
+    table: it is in labeler_report.json and the run's log)."""
     if not summary:
         return ""
     tasks = f"{summary.get('tasks_kept', '?')}/{summary.get('tasks_total', '?')} tasks"
+    warned = ", WARNING in labeler_report.json" if summary.get("warning") else ""
     if summary.get("true_classes") is None:  # a task collection without truth.csv
-        return f"{summary.get('clusters', '?')} global classes (no true labels), {tasks}"
+        return f"{summary.get('clusters', '?')} global classes (no true labels), {tasks}{warned}"
     ari = f", ARI {float(summary['ari']):.3f}" if summary.get("ari") is not None else ""
     return (f"{summary.get('clusters', '?')} clusters / {summary.get('true_classes', '?')} classes, "
-            f"acc {float(summary.get('clustering_accuracy', 0.0)):.3f}{ari}, {tasks}")
+            f"acc {float(summary.get('clustering_accuracy', 0.0)):.3f}{ari}, {tasks}{warned}")
 
 
 def seconds_cell(seconds: float | None) -> str:
