@@ -19,6 +19,7 @@ from mela.methods.labeler import (
     LabelerConfig,
     RaggedFeatures,
     TaskKeys,
+    as_task_keys,
     cluster_features,
     clustering_report,
     key_diagnostics,
@@ -187,8 +188,7 @@ def count_sensitivity(
     ``slope``: clusters gained per initial centroid between the two runs (0: the data's count, 1: K's).
     None when K cannot be lowered (at most the widest task's ways).
     """
-    widest = int(np.max(np.diff(keys.offsets))) if isinstance(keys, TaskKeys) else keys.shape[1]
-    lower = max(widest, round(COUNT_CHECK_K_FRACTION * config.K))
+    lower = max(as_task_keys(keys)[0].max_ways, round(COUNT_CHECK_K_FRACTION * config.K))
     if lower >= config.K:
         return None
     again = cluster_features(features, replace(config, K=lower), keys, device)
