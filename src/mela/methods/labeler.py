@@ -62,7 +62,10 @@ violate a cannot-link constraint under plain nearest-centroid labelling. A ratio
 above 0.6, more than 20 % colliding tasks, or a same-class distance that cannot be
 measured gives a warning that the inferred labels are unreliable (on the 108
 cases of ``benchmarks/labeler_sweep.py`` this flags 35 of the 36 runs with ARI
-below 0.2, and 9 runs with ARI above 0.5).
+below 0.2, and 9 runs with ARI above 0.5). Whether the number of clusters came from the data or from K is
+another question, answered by clustering again with a smaller K
+(:func:`mela.methods.global_labels.count_sensitivity`): with keys of one image whose classes overlap at that
+resolution the spawn and merge tests are not decisive and the count stays near K.
 
 Ragged piles. A real task collection has tasks of 2 to 20 ways and classes of 1 to many
 images. Every function takes either the fixed-shape arrays (keys (T, n_ways, d), item
