@@ -159,7 +159,7 @@ def summary_markdown(rows: list[dict]) -> str:
     """One line per case (over recurrences and key sizes): mean ARI and cluster-count error of both modes, and in
     how many of its piles improved is below reference (ARI / count error). The README quotes it."""
     head = ("| case | piles | ARI ref | ARI improved | count error ref | count error improved | "
-            "improved below ref (ARI / count) |")
+            "improved below ref (ARI / count) | count follows K |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in dict.fromkeys(r["case"] for r in rows):
         group = [r for r in rows if r["case"] == case]
@@ -173,7 +173,8 @@ def summary_markdown(rows: list[dict]) -> str:
         worse = verdict(group)["totals"]
         lines.append(f"| {case} | {len(group)} | {mean('reference', 'ari'):.3f} | {mean('improved', 'ari'):.3f} | "
                      f"{mean('reference', 'error'):.2f} | {mean('improved', 'error'):.2f} | "
-                     f"{worse['improved_ari_below_reference']} / {worse['improved_count_error_above_reference']} |")
+                     f"{worse['improved_ari_below_reference']} / {worse['improved_count_error_above_reference']} | "
+                     f"{worse['count_follows_k']} |")
     return "\n".join(lines) + "\n"
 
 
