@@ -36,6 +36,11 @@ COUNT_CHECK_K_FRACTION = 0.75
 MAX_DATA_DRIVEN_COUNT_SLOPE = 0.5
 
 
+def _n_labels(assigned: np.ndarray) -> int:
+    """Distinct labels among the labelled task classes (-1: dropped)."""
+    return len(np.unique(assigned[assigned >= 0]))
+
+
 @dataclass(frozen=True)
 class GlobalLabels:
     """Inferred global classes of a task pile.
@@ -69,7 +74,7 @@ class GlobalLabels:
     @property
     def n_clusters(self) -> int:
         """Global classes that label at least one task class."""
-        return len(np.unique(self.assigned[self.assigned >= 0]))
+        return _n_labels(self.assigned)
 
     @property
     def ragged(self) -> bool:
@@ -154,7 +159,8 @@ def infer_global_labels(
     keys = task_keys(features)
     spread = None
     passes: list[dict] = []
-    if centroids is None:
+    fitted = centroids is None
+    if fitted:
         clustering = cluster_features(features, config, keys, device)
         centroids, passes, spread = clustering.centroids, clustering.passes, clustering.spread
     if spread is None:
@@ -163,17 +169,13 @@ def infer_global_labels(
     assigned = label_tasks(keys, centroids, config.mode, device=device)
     offsets = keys.offsets if isinstance(keys, TaskKeys) else None
     diagnostics = key_diagnostics(keys, centroids, spread, device=device)
-    if passes and config.mode == "improved" and config.count_check:
+    if fitted and config.mode == "improved" and config.count_check:
         check = count_sensitivity(features, keys, config, _n_labels(assigned), device)
         if check is not None:
             diagnostics["count_check"] = check
             warnings = [w for w in (diagnostics["warning"], count_warning(check)) if w]
             diagnostics["warning"] = "; ".join(warnings) or None
     return GlobalLabels(centroids, assigned, passes, diagnostics, offsets, key_distances(keys, centroids, assigned))
-
-
-def _n_labels(assigned: np.ndarray) -> int:
-    return len(np.unique(assigned[assigned >= 0]))
 
 
 def count_sensitivity(
