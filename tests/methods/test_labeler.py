@@ -1033,3 +1033,94 @@ def test_one_image_keys_in_a_pile_of_ten_image_keys_spawn_no_centroids_for_their
     assert adjusted_rand_score(true, label_tasks(keys, own.centroids)) >= 0.98
     with pytest.raises(MelaError, match="noise has 3 entries"):
         fit_centroids(keys, config, spread, np.ones(3))
+
+
+def _session_pile(seed: int, n_classes: int, dim: int, m: int, separation: float, shared: float,
+                  recurrence: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 5, m, dim) items whose local class shares an offset of variance ``shared`` (per key, on top of unit
+    within-class image noise): one session, background or font per local class. Returns features, true classes."""
+    rng = np.random.default_rng(seed)
+    means = separation * rng.normal(size=(n_classes, dim)) / math.sqrt(dim)
+    tasks = []
+    for _ in range(recurrence):
+        order = rng.permutation(n_classes)
+        tasks += [order[i : i + 5] for i in range(0, n_classes - 4, 5)]
+    true = np.array(tasks)
+    centre = means[true] + math.sqrt(shared) * rng.normal(size=(*true.shape, dim)) / math.sqrt(dim)
+    return centre[:, :, None] + rng.normal(size=(*true.shape, m, dim)) / math.sqrt(dim), true
+
+
+@pytest.mark.parametrize("seed, dim, m, shared, K", [(0, 64, 5, 1.0, 160), (1, 32, 3, 0.5, 160), (2, 48, 8, 4.0, 160),
+                                                     (6, 64, 5, 1.0, 60)])
+def test_keys_whose_images_share_a_source_get_the_larger_spread_their_keys_show_and_their_classes_back(
+        seed: int, dim: int, m: int, shared: float, K: int) -> None:
+    features, true = _session_pile(seed, 120, dim, m, 3.0, shared)
+    clustering = cluster_features(features, LabelerConfig(K=K))
+    spread = clustering.spread
+    # A key's noise is the shared offset plus the image noise over m (unit trace per image).
+    assert spread.source == "images+keys"
+    assert 0.5 * spread.distance**2 == pytest.approx(shared + 1.0 / m, rel=0.2)
+    assert spread.shared == pytest.approx(shared, rel=0.3)
+    assigned = label_tasks(task_keys(features), clustering.centroids)
+    assert adjusted_rand_score(true.ravel(), assigned.ravel()) >= 0.95
+    assert abs(len(np.unique(assigned)) - 120) <= 6
+    # The images alone predict a spread too small: keys of one class would spawn classes of their own.
+    alone = fit_centroids(task_keys(features), LabelerConfig(K=K), key_spread(features))
+    assert len(alone.centroids) > 1.1 * 120
+
+
+def test_identical_images_in_each_local_class_do_not_make_every_key_a_class() -> None:
+    features, true = _session_pile(3, 60, 16, 1, 3.0, 0.0, recurrence=6)
+    copies = np.repeat(features, 3, axis=2)  # three copies of each image: no spread inside a local class
+    assert key_spread(copies).distance < 1e-12
+    clustering = cluster_features(copies, LabelerConfig(K=80))
+    assigned = label_tasks(task_keys(copies), clustering.centroids)
+    assert clustering.spread.source == "images+keys"
+    assert adjusted_rand_score(true.ravel(), assigned.ravel()) >= 0.95
+
+
+def test_independent_images_keep_the_image_based_spread_and_no_shared_noise() -> None:
+    for seed, m in ((4, 2), (5, 5)):
+        features, _ = _session_pile(seed, 100, 32, m, 2.0, 0.0)
+        spread = cluster_features(features, LabelerConfig(K=140)).spread
+        assert (spread.source, spread.shared) == ("images", 0.0)
+        assert spread.distance == key_spread(features).distance
+
+
+def test_key_noise_of_a_ragged_pile_adds_the_shared_noise_to_each_keys_image_noise() -> None:
+    items = np.array([[9.0, 9.0], [0.0, 0.0], [2.0, 0.0], [5.0, 5.0], [5.0, 7.0], [7.0, 5.0], [7.0, 7.0],
+                      [-9.0, 3.0]])
+    features = RaggedFeatures(items, np.array([0, 1, 3, 7, 8]), np.array([0, 2, 4]))
+    images = key_spread(features)
+    trace = (2.0 + 8.0) / (1 + 3)
+    shared = 0.7
+    spread = KeySpread(math.sqrt(images.distance**2 + 2 * shared), images.effective_dim, "images+keys", shared)
+    np.testing.assert_allclose(key_noise(features, spread), trace / np.array([1.0, 2.0, 4.0, 1.0]) + shared)
+
+
+def test_shared_noise_reads_the_inflation_of_the_key_statistics_from_their_low_quantile() -> None:
+    spread = KeySpread(0.8, 40.0)
+    rng = np.random.default_rng(7)
+    own = rng.chisquare(40.0, 4000) / 40.0  # keys matched to their own class
+    first_seen = 30.0 + rng.random(1000)  # keys of classes met for the first time: far out
+    assert labeler.shared_noise(np.r_[own, first_seen], spread) is spread
+    wider = labeler.shared_noise(np.r_[3.0 * own, first_seen], spread)
+    assert wider.source == "images+keys" and wider.effective_dim == 40.0
+    assert wider.distance == pytest.approx(0.8 * math.sqrt(3.0), rel=0.03)
+    assert wider.shared == pytest.approx(2.0 * 0.5 * 0.8**2, rel=0.06)
+    assert labeler.shared_noise(np.zeros(0), spread) is spread
+
+
+def test_a_ragged_pile_whose_local_classes_share_a_source_is_labelled_with_its_classes() -> None:
+    rng = np.random.default_rng(8)
+    means = 3.0 * rng.normal(size=(80, 32)) / math.sqrt(32)
+    ways = rng.integers(3, 7, 120)
+    true = np.concatenate([rng.choice(80, w, replace=False) for w in ways])
+    sizes = rng.integers(1, 6, len(true))
+    session = means[true] + rng.normal(size=(len(true), 32)) / math.sqrt(32)  # shared: as large as the images'
+    items = np.repeat(session, sizes, axis=0) + rng.normal(size=(sizes.sum(), 32)) / math.sqrt(32)
+    features = RaggedFeatures(items, np.r_[0, np.cumsum(sizes)], np.r_[0, np.cumsum(ways)])
+    clustering = cluster_features(features, LabelerConfig(K=100))
+    assert clustering.spread.source == "images+keys"
+    assigned = label_tasks(features.keys(), clustering.centroids)
+    assert adjusted_rand_score(true, assigned) >= 0.95

@@ -127,6 +127,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
+from scipy.stats import chi2
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from mela.errors import MelaError
@@ -138,6 +139,11 @@ MAX_RELIABLE_DISTANCE_RATIO = 0.6
 MAX_RELIABLE_COLLISION_RATE = 0.2
 # Squared within-class sds, along the split direction, that two halves of one split class may sit apart.
 SPLIT_ALLOWANCE = 4.0
+# shared_noise: keys lying this many times further from their centroids than their images predict share a
+# source; the quantile of the first pass's key-to-centroid statistics that measures it (keys matched to their
+# own class's centroid; keys of a class not seen before lie further out).
+SHARED_NOISE_RATIO = 1.3
+SHARED_NOISE_QUANTILE = 0.2
 # Keys per block of key-centroid distances, and pairs per block of within-task distances (memory bounds).
 CHUNK_KEYS = 8192
 CHUNK_PAIRS = 65536
@@ -189,12 +195,16 @@ class KeySpread:
 
     ``distance``: typical distance between two keys of one class (``s``);
     ``effective_dim``: participation ratio of the key noise covariance (D);
-    ``source``: ``images`` (spread inside each local class) or ``clusters`` (keys around their centroid).
+    ``source``: ``images`` (spread inside each local class), ``clusters`` (keys around their centroid), or
+    ``images+keys`` (the images of one local class share part of their noise: see :func:`shared_noise`);
+    ``shared``: the part of a key's noise (``s^2 / 2``) that all images of its local class share, 0 when they
+    are independent draws of their class.
     """
 
     distance: float
     effective_dim: float
     source: str = "images"
+    shared: float = 0.0
 
 
 @dataclass
@@ -1141,14 +1151,38 @@ def spawn_threshold(spawn_factor: float, effective_dim: float) -> float:
 
 def key_noise(features: np.ndarray | RaggedFeatures, spread: KeySpread) -> np.ndarray | None:
     """Each key's noise (expected squared distance to its class mean) where keys average unequal numbers of
-    images: ``tr(S) / m_k``, i.e. ``(s^2 / 2) (1 / m_k) / mean(1 / m)``. ``None`` (every key ``s^2 / 2``) when
-    all classes have one size or the spread did not come from the images."""
+    images: ``tr(S) / m_k`` plus the noise its images share, i.e. ``(s^2 / 2 - shared) (1 / m_k) / mean(1 / m)
+    + shared``. ``None`` (every key ``s^2 / 2``) when all classes have one size or the spread did not come from
+    the images."""
     if not isinstance(features, RaggedFeatures) or features.uniform_class_size is not None:
         return None
-    if spread.source != "images":
+    if spread.source not in ("images", "images+keys"):
         return None
     inverse = 1.0 / features.class_sizes
-    return 0.5 * spread.distance**2 * inverse / inverse.mean()
+    return (0.5 * spread.distance**2 - spread.shared) * inverse / inverse.mean() + spread.shared
+
+
+def shared_noise(statistics: np.ndarray, spread: KeySpread) -> KeySpread:
+    """The image-based ``spread``, or, when the keys lie clearly further from their centroids than their
+    images predict, a spread that adds the noise the images of one local class share.
+
+    The image-based ``s`` assumes the images averaged into a key are independent draws of their class. When
+    they share a source (one session, background or font per local class), a key carries that shared offset
+    undivided, two keys of one class lie further apart than ``s`` says, and the spawn test gives almost every
+    key a centroid of its own. ``statistics``: each key's squared distance to its matched centroid over its
+    expectation, from the first pass (``chi^2_D / D`` for keys matched to their own class; keys of a class
+    met for the first time lie further out, so a low quantile measures the first kind as long as most keys'
+    classes recur). Its ``SHARED_NOISE_QUANTILE`` quantile over that of ``chi^2_D / D`` estimates how much
+    larger the key noise is; above ``SHARED_NOISE_RATIO^2``, the excess is the shared part.
+    """
+    if len(statistics) == 0:
+        return spread
+    dim = spread.effective_dim
+    inflation = float(np.quantile(statistics, SHARED_NOISE_QUANTILE)) / (chi2.ppf(SHARED_NOISE_QUANTILE, dim) / dim)
+    if not inflation > SHARED_NOISE_RATIO**2:
+        return spread
+    half = 0.5 * spread.distance**2
+    return KeySpread(spread.distance * math.sqrt(inflation), dim, "images+keys", (inflation - 1.0) * half)
 
 
 class CentroidTable:
@@ -1207,7 +1241,7 @@ class CentroidTable:
 
 def fit_centroids(
     keys: np.ndarray | TaskKeys, config: LabelerConfig, key_distance: float | KeySpread | None = None,
-    noise: np.ndarray | None = None, device: torch.device | None = None,
+    noise: np.ndarray | None = None, device: torch.device | None = None, check_shared: bool = False,
 ) -> Clustering:
     """Cluster (T, n_ways, d) task keys (or a ragged :class:`TaskKeys`) into global classes; see the module docstring.
 
@@ -1216,7 +1250,9 @@ def fit_centroids(
     of its class starts a new one (the spawn test), and indistinguishable centroids merge.
     ``None`` disables spawning and merging. ``noise``: each key's noise (:func:`key_noise`);
     ``None``: ``s^2 / 2`` for every key. ``device``: where the key-centroid distances are computed
-    (:class:`CentroidTable`, :func:`nearest_centroids`); ``None``: NumPy on the host.
+    (:class:`CentroidTable`, :func:`nearest_centroids`); ``None``: NumPy on the host. ``check_shared``: after
+    the first pass, test whether the keys lie further from their centroids than the spread predicts
+    (:func:`shared_noise`) and, if so, start again with the larger spread.
     """
     tk, _ = as_task_keys(keys)
     flat_keys, n_tasks, n_ways = tk.keys, tk.n_tasks, tk.uniform_ways
@@ -1239,17 +1275,19 @@ def fit_centroids(
         raise MelaError(f"noise has {len(noise)} entries for {tk.n_keys} keys; give one per key (or none)")
     # The keys of the first tasks until K are collected (for n-way tasks: of the first ceil(K / n) tasks).
     table = CentroidTable(flat_keys[: config.K], device)
+    n_initial = len(table)
     counts = np.zeros(len(table))
     result = Clustering(centroids=table.host, spawn_z=spawn_z, spread=spread)
     different_sq = different_class_sq_distances(tk) if spread is not None else None
     bounds = tk.offsets.tolist()
     widest = tk.max_ways
 
-    for _ in range(config.max_passes):
+    for pass_index in range(config.max_passes):
         k_before = len(table)
         hits = np.zeros(len(table))
         accepted_tasks = np.zeros(n_tasks, dtype=bool)
         spawned = 0
+        statistics: list[np.ndarray] = []
         for t in range(n_tasks):
             task = flat_keys[bounds[t] : bounds[t + 1]]
             distances = table.distances(task)
@@ -1266,7 +1304,11 @@ def fit_centroids(
                 # Same class: squared distance ~ (key noise + centroid noise) chi^2_D / D; far above it, a new class.
                 own = half if noise is None else noise[bounds[t] : bounds[t + 1]]
                 expected = own + half / np.maximum(counts[choice], 1.0)
-                new = distances[np.arange(len(choice)), choice] ** 2 > spawn_z * expected
+                statistic = distances[np.arange(len(choice)), choice] ** 2 / expected
+                if check_shared and pass_index == 0 and bounds[t + 1] > n_initial:
+                    # Not the keys that seeded the centroids: they sit on their own seed at distance 0.
+                    statistics.append(statistic[max(n_initial - bounds[t], 0) :])
+                new = statistic > spawn_z
                 if new.any():
                     # Spawned centroids join at once, so later keys of the same class find them.
                     spawned += int(new.sum())
@@ -1277,6 +1319,10 @@ def fit_centroids(
             counts[choice] += 1
             table.move_toward(choice, task, counts[choice])
             hits[choice] += 1
+        if statistics:
+            wider = shared_noise(np.concatenate(statistics), spread)
+            if wider is not spread:
+                return fit_centroids(keys, config, wider, None if noise is None else noise + wider.shared, device)
         accepted = int(accepted_tasks.sum())
         centroids = table.host
         k_merged = len(centroids)
@@ -1359,7 +1405,7 @@ def cluster_features(features: np.ndarray | RaggedFeatures, config: LabelerConfi
         spread = cluster_spread(keys, label_tasks(keys, first.centroids, "improved", device=device))
         if spread is None:
             return first
-    return fit_centroids(keys, config, spread, key_noise(features, spread), device)
+    return fit_centroids(keys, config, spread, key_noise(features, spread), device, check_shared=True)
 
 
 def label_tasks(keys: np.ndarray | TaskKeys, centroids: np.ndarray, mode: str = "improved",
