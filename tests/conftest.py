@@ -11,6 +11,16 @@ from mela.data.registry import _DATASETS, register_dataset
 SYNTHETIC = "synthetic_test"
 
 
+def recurring_tasks(rng: np.random.Generator, n_classes: int, recurrence: int, ways: int = 5) -> np.ndarray:
+    """(T, ways) true classes of a pile: ``recurrence`` rounds, each a shuffle of the classes cut into tasks of
+    distinct classes (so each class recurs ``recurrence`` times when ``ways`` divides ``n_classes``)."""
+    tasks = []
+    for _ in range(recurrence):
+        order = rng.permutation(n_classes)
+        tasks += [order[i : i + ways] for i in range(0, n_classes - ways + 1, ways)]
+    return np.array(tasks)
+
+
 def make_synthetic_split(n_classes: int, per_class: int, seed: int, size: int = 16) -> ImageSplit:
     """Classes are random binary 4x4 patterns blown up to ``size`` px, jittered and noisy."""
     rng = np.random.default_rng(seed)

@@ -11,6 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 from mela.errors import MelaError
 from mela.methods.global_labels import GlobalLabels, infer_global_labels
 from mela.methods.labeler import LabelerConfig, RaggedFeatures
+from tests.conftest import recurring_tasks
 
 
 def _fixed_pile(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -94,11 +95,7 @@ def _one_image_pile(seed: int, n_classes: int, recurrence: int, dim: int, separa
     image noise), each class recurring `recurrence` times in 5-way tasks of distinct classes."""
     rng = np.random.default_rng(seed)
     means = separation * rng.normal(size=(n_classes, dim)) / math.sqrt(dim)
-    tasks = []
-    for _ in range(recurrence):
-        order = rng.permutation(n_classes)
-        tasks += [order[i : i + 5] for i in range(0, n_classes - 4, 5)]
-    true = np.array(tasks)
+    true = recurring_tasks(rng, n_classes, recurrence)
     return means[true][:, :, None] + rng.normal(size=(*true.shape, 1, dim)) / math.sqrt(dim), true
 
 

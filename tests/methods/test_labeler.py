@@ -52,6 +52,7 @@ from mela.methods.labeler import (
     task_keys,
     with_singletons,
 )
+from tests.conftest import recurring_tasks
 
 N_CLASSES, DIM, ITEMS_PER_CLASS, N_WAYS = 30, 16, 100, 5
 SHAPE = TaskShape(n_ways=N_WAYS, n_shots=1, n_queries=9)  # 10 items per task class
@@ -1041,11 +1042,7 @@ def _session_pile(seed: int, n_classes: int, dim: int, m: int, separation: float
     within-class image noise): one session, background or font per local class. Returns features, true classes."""
     rng = np.random.default_rng(seed)
     means = separation * rng.normal(size=(n_classes, dim)) / math.sqrt(dim)
-    tasks = []
-    for _ in range(recurrence):
-        order = rng.permutation(n_classes)
-        tasks += [order[i : i + 5] for i in range(0, n_classes - 4, 5)]
-    true = np.array(tasks)
+    true = recurring_tasks(rng, n_classes, recurrence)
     centre = means[true] + math.sqrt(shared) * rng.normal(size=(*true.shape, dim)) / math.sqrt(dim)
     return centre[:, :, None] + rng.normal(size=(*true.shape, m, dim)) / math.sqrt(dim), true
 
