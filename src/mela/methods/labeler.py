@@ -1401,9 +1401,10 @@ def cluster_features(features: np.ndarray | RaggedFeatures, config: LabelerConfi
                      keys: np.ndarray | TaskKeys | None = None, device: torch.device | None = None) -> Clustering:
     """Cluster (T, n_ways, m, d) item features (or :class:`RaggedFeatures`): what learn_labeler runs.
 
-    Improved mode measures the key spread from the images of each local class, or,
-    with one image per class, from a first clustering without spawning or merging
-    (:func:`cluster_spread`), then clusters with it. Reference mode uses no spread.
+    Improved mode measures the key spread from the images of each local class (checked against the keys'
+    own distances in the first pass: :func:`shared_noise`), or, with one image per class, from a first
+    clustering without spawning or merging (:func:`cluster_spread`), then clusters with it. Reference mode
+    uses no spread.
     ``keys``: the features' :func:`task_keys`, when the caller has them already. ``device``: where the
     distances are computed (:func:`fit_centroids`).
     """
@@ -1416,7 +1417,9 @@ def cluster_features(features: np.ndarray | RaggedFeatures, config: LabelerConfi
         spread = cluster_spread(keys, label_tasks(keys, first.centroids, "improved", device=device))
         if spread is None:
             return first
-    return fit_centroids(keys, config, spread, key_noise(features, spread), device, check_shared=True)
+    # Only a spread predicted from the images can miss what the images of one local class share.
+    return fit_centroids(keys, config, spread, key_noise(features, spread), device,
+                         check_shared=spread.source == "images")
 
 
 def label_tasks(keys: np.ndarray | TaskKeys, centroids: np.ndarray, mode: str = "improved",
