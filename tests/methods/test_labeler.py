@@ -1058,6 +1058,9 @@ def test_keys_whose_images_share_a_source_get_the_larger_spread_their_keys_show_
     assert spread.source == "images+keys"
     assert 0.5 * spread.distance**2 == pytest.approx(shared + 1.0 / m, rel=0.2)
     assert spread.shared == pytest.approx(shared, rel=0.3)
+    diagnostics = key_diagnostics(task_keys(features), clustering.centroids, spread)
+    assert (diagnostics["same_class_distance_source"], diagnostics["shared_key_noise"]) == ("images+keys",
+                                                                                           spread.shared)
     assigned = label_tasks(task_keys(features), clustering.centroids)
     assert adjusted_rand_score(true.ravel(), assigned.ravel()) >= 0.95
     assert abs(len(np.unique(assigned)) - 120) <= 6

@@ -1566,6 +1566,7 @@ def key_diagnostics(
     out = {
         "same_class_key_distance": None if spread is None else spread.distance,
         "same_class_distance_source": None if spread is None else spread.source,
+        "shared_key_noise": None if spread is None else spread.shared,
         "effective_dimension": None if spread is None else spread.effective_dim,
         "different_class_key_distance": different,
         "distance_ratio": None if spread is None or not different > 0 else spread.distance / different,

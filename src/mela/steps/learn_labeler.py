@@ -201,6 +201,10 @@ def _publish_labels(run: Run, settings: LearnLabelerSettings, labels: GlobalLabe
     run.log(f"label-free: same/different-class key distance {'n/a' if ratio is None else f'{ratio:.2f}'}, "
             f"{100 * labels.diagnostics.get('cannot_link_violation_rate', 0.0):.1f}% of tasks collide on a "
             "centroid")
+    if labels.diagnostics.get("same_class_distance_source") == "images+keys":
+        shared = labels.diagnostics["shared_key_noise"] / (0.5 * labels.diagnostics["same_class_key_distance"] ** 2)
+        run.log(f"the images of one local class share {100 * shared:.0f}% of a key's noise (one session, background "
+                "or font per local class?): the same-class spread is measured from the keys, not the images")
     check = labels.diagnostics.get("count_check")
     if check:
         run.log(f"count check: {check['clusters_lower']} clusters with K={check['K_lower']}, {check['clusters']} "
