@@ -131,3 +131,14 @@ def test_count_check_is_skipped_for_reference_mode_given_centroids_and_a_k_that_
     fitted = infer_global_labels(features, LabelerConfig(K=40))
     assert "count_check" not in infer_global_labels(features, LabelerConfig(K=40), fitted.centroids).diagnostics
     assert "count_check" not in infer_global_labels(features, LabelerConfig(K=4)).diagnostics  # 4-way tasks need 4
+
+
+def test_features_with_nan_or_infinity_get_one_line_naming_how_many() -> None:
+    features, _ = _fixed_pile(9)
+    features[3, 1, 2, 0] = np.nan
+    with pytest.raises(MelaError, match="1 of 720 image features are NaN or infinite"):
+        infer_global_labels(features, LabelerConfig(K=40))
+    ragged, _ = _ragged_pile(9)
+    ragged.items[[0, 5]] = np.inf
+    with pytest.raises(MelaError, match=f"2 of {len(ragged.items)} image features"):
+        infer_global_labels(ragged, LabelerConfig(K=40))

@@ -36,6 +36,15 @@ COUNT_CHECK_K_FRACTION = 0.75
 MAX_DATA_DRIVEN_COUNT_SLOPE = 0.5
 
 
+def _check_finite(features: np.ndarray | RaggedFeatures) -> None:
+    """One line instead of a failure deep inside the matching when a feature is NaN or infinite."""
+    items = features.items if isinstance(features, RaggedFeatures) else np.asarray(features)
+    finite = np.isfinite(items).all(axis=-1)
+    if not finite.all():
+        raise MelaError(f"{int((~finite).sum())} of {finite.size} image features are NaN or infinite: the model "
+                        "that computed them diverged or was given broken images; retrain or check the inputs")
+
+
 def _n_labels(assigned: np.ndarray) -> int:
     """Distinct labels among the labelled task classes (-1: dropped)."""
     return len(np.unique(assigned[assigned >= 0]))
@@ -156,6 +165,7 @@ def infer_global_labels(
             distances are computed there, in chunks); ``None`` or a CPU: NumPy.
     """
     device = None if device is None or device.type == "cpu" else device
+    _check_finite(features)
     keys = task_keys(features)
     spread = None
     passes: list[dict] = []
