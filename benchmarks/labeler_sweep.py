@@ -138,7 +138,8 @@ def glyph_features(variant: str, stage: str, source: str, cache: Path) -> tuple[
 
 def markdown(rows: list[dict]) -> str:
     head = ("| case | recur | key imgs | true | ref clusters | ref purity | ref ARI | ref NMI | ref s | "
-            "imp clusters | imp purity | imp ARI | imp NMI | imp s | ratio | collisions | count slope | warning |")
+            "imp clusters | imp purity | imp ARI | imp NMI | imp s | ratio | collisions | count slope | agreement | "
+            "warning |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         ref, imp = r["reference"], r["improved"]
@@ -146,12 +147,14 @@ def markdown(rows: list[dict]) -> str:
         ratio = diag.get("distance_ratio")
         collisions = diag.get("cannot_link_violation_rate", float("nan"))
         slope = diag.get("count_check", {}).get("slope")
+        agreement = diag.get("count_check", {}).get("agreement")
         lines.append(
             f"| {r['case']} | {r['recurrence']} | {r['key_images']} | {ref['true_classes']} | {ref['clusters']} | "
             f"{ref['purity']:.3f} | {ref['ari']:.3f} | {ref['nmi']:.3f} | {ref['seconds']:.1f} | {imp['clusters']} | "
             f"{imp['purity']:.3f} | {imp['ari']:.3f} | {imp['nmi']:.3f} | {imp['seconds']:.1f} | "
             f"{'-' if ratio is None else f'{ratio:.2f}'} | {collisions:.2f} | "
-            f"{'-' if slope is None else f'{slope:.2f}'} | {'yes' if diag.get('warning') else 'no'} |")
+            f"{'-' if slope is None else f'{slope:.2f}'} | {'-' if agreement is None else f'{agreement:.2f}'} | "
+            f"{'yes' if diag.get('warning') else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,11 +209,19 @@ def verdict(rows: list[dict]) -> dict:
             for w in worse),
         "count_follows_k": sum((r["improved"].get("diagnostics", {}).get("count_check", {}).get("slope") or 0.0)
                                > MAX_DATA_DRIVEN_COUNT_SLOPE for r in rows),
+        # The count check's agreement between the labellings from K and 0.75 K, against the true ARI.
+        "agreement_true_ari_correlation": _agreement_correlation(rows),
         "mean_ari": {m: float(np.mean([r[m]["ari"] for r in rows])) for m in ("reference", "improved")} if rows else {},
         "mean_count_error": {m: float(np.mean([error(r[m]) for r in rows])) for m in ("reference", "improved")}
         if rows else {},
     }
     return {"totals": totals, "improved_worse_than_reference": worse, "trained_glyph_target_misses": target_misses}
+
+
+def _agreement_correlation(rows: list[dict]) -> float | None:
+    pairs = [(r["improved"]["diagnostics"]["count_check"]["agreement"], r["improved"]["ari"]) for r in rows
+             if "agreement" in r["improved"].get("diagnostics", {}).get("count_check", {})]
+    return float(np.corrcoef(np.array(pairs).T)[0, 1]) if len(pairs) > 2 else None
 
 
 def main() -> None:

@@ -104,7 +104,7 @@ def test_count_check_finds_the_same_count_at_a_lower_k_when_the_keys_separate_th
     features, true = make()
     labels = infer_global_labels(features, LabelerConfig(K=40))
     check = labels.diagnostics["count_check"]
-    assert check == {"K": 40, "clusters": 15, "K_lower": 30, "clusters_lower": 15, "slope": 0.0}
+    assert check == {"K": 40, "clusters": 15, "K_lower": 30, "clusters_lower": 15, "slope": 0.0, "agreement": 1.0}
     assert labels.warning is None
 
 
@@ -123,6 +123,21 @@ def test_count_check_warns_when_one_image_keys_of_overlapping_classes_keep_about
     assert check["slope"] > 0.5
     assert f"follows K ({lower.n_clusters} with K=60, {labels.n_clusters} with K=80)" in labels.warning
     assert "count_check" not in lower.diagnostics
+    # Overlapping one-image keys: the two labellings barely agree, and the warning says so.
+    assert check["agreement"] == pytest.approx(adjusted_rand_score(labels.assigned.ravel(), lower.assigned.ravel()))
+    assert check["agreement"] < 0.6 and "the labels change with K (adjusted Rand index" in labels.warning
+
+
+def test_agreement_between_the_two_clusterings_tracks_the_true_ari_as_classes_overlap_more() -> None:
+    agreements, aris = [], []
+    for separation in (4.0, 2.0, 1.0, 0.5, 0.0):
+        features, true = _one_image_pile(10, 80, 6, 32, separation)
+        labels = infer_global_labels(features, LabelerConfig(K=100))
+        agreements.append(labels.diagnostics["count_check"]["agreement"])
+        aris.append(labels.report(true)["ari"])
+    assert agreements[0] > 0.9 and aris[0] > 0.9
+    assert agreements[-1] < 0.3 and aris[-1] < 0.1
+    assert np.corrcoef(agreements, aris)[0, 1] > 0.9
 
 
 def test_count_check_is_skipped_for_reference_mode_given_centroids_and_a_k_that_cannot_go_lower() -> None:

@@ -208,7 +208,8 @@ def _publish_labels(run: Run, settings: LearnLabelerSettings, labels: GlobalLabe
     check = labels.diagnostics.get("count_check")
     if check:
         run.log(f"count check: {check['clusters_lower']} clusters with K={check['K_lower']}, {check['clusters']} "
-                f"with K={check['K']} (slope {check['slope']:.2f}; near 0 the data set the count, near 1 K did)")
+                f"with K={check['K']} (slope {check['slope']:.2f}; near 0 the data set the count, near 1 K did); "
+                f"the two labellings agree at ARI {check['agreement']:.3f}")
     if labels.warning:
         run.log(f"WARNING: {labels.warning}")
     if true_classes is None:
