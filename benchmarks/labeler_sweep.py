@@ -146,8 +146,7 @@ def markdown(rows: list[dict]) -> str:
         diag = imp.get("diagnostics", {})
         ratio = diag.get("distance_ratio")
         collisions = diag.get("cannot_link_violation_rate", float("nan"))
-        slope = diag.get("count_check", {}).get("slope")
-        agreement = diag.get("count_check", {}).get("agreement")
+        slope, agreement = _count_check(imp).get("slope"), _count_check(imp).get("agreement")
         lines.append(
             f"| {r['case']} | {r['recurrence']} | {r['key_images']} | {ref['true_classes']} | {ref['clusters']} | "
             f"{ref['purity']:.3f} | {ref['ari']:.3f} | {ref['nmi']:.3f} | {ref['seconds']:.1f} | {imp['clusters']} | "
@@ -191,7 +190,7 @@ def verdict(rows: list[dict]) -> dict:
         if imp["ari"] < ref["ari"] - 1e-9 or imp_err > ref_err + 1e-9:
             worse.append({"case": r["case"], "recurrence": r["recurrence"], "key_images": r["key_images"],
                           "ari": [ref["ari"], imp["ari"]], "count_error": [ref_err, imp_err],
-                          "count_slope": imp.get("diagnostics", {}).get("count_check", {}).get("slope")})
+                          "count_slope": _count_check(imp).get("slope")})
         target_case = r["case"].endswith("-trained") and r["key_images"] == 5 and r["recurrence"] in (4, 8)
         if target_case and not (imp_err <= 0.10 and imp["ari"] >= 0.9):
             target_misses.append({"case": r["case"], "recurrence": r["recurrence"], "ari": imp["ari"],
@@ -205,10 +204,8 @@ def verdict(rows: list[dict]) -> dict:
         "improved_count_error_above_reference": sum(w["count_error"][1] > w["count_error"][0] + 1e-9 for w in worse),
         # Of those, the piles where the improved count follows K (the count check warns there).
         "count_above_reference_where_count_follows_k": sum(
-            w["count_error"][1] > w["count_error"][0] + 1e-9 and (w["count_slope"] or 0.0) > MAX_DATA_DRIVEN_COUNT_SLOPE
-            for w in worse),
-        "count_follows_k": sum((r["improved"].get("diagnostics", {}).get("count_check", {}).get("slope") or 0.0)
-                               > MAX_DATA_DRIVEN_COUNT_SLOPE for r in rows),
+            w["count_error"][1] > w["count_error"][0] + 1e-9 and _follows_k(w["count_slope"]) for w in worse),
+        "count_follows_k": sum(_follows_k(_count_check(r["improved"]).get("slope")) for r in rows),
         # The count check's agreement between the labellings from K and 0.75 K, against the true ARI.
         "agreement_true_ari_correlation": _agreement_correlation(rows),
         "mean_ari": {m: float(np.mean([r[m]["ari"] for r in rows])) for m in ("reference", "improved")} if rows else {},
@@ -218,9 +215,18 @@ def verdict(rows: list[dict]) -> dict:
     return {"totals": totals, "improved_worse_than_reference": worse, "trained_glyph_target_misses": target_misses}
 
 
+def _count_check(mode_row: dict) -> dict:
+    """The improved mode's count check (slope, agreement), empty where it did not run."""
+    return mode_row.get("diagnostics", {}).get("count_check", {})
+
+
+def _follows_k(slope: float | None) -> bool:
+    return slope is not None and slope > MAX_DATA_DRIVEN_COUNT_SLOPE
+
+
 def _agreement_correlation(rows: list[dict]) -> float | None:
-    pairs = [(r["improved"]["diagnostics"]["count_check"]["agreement"], r["improved"]["ari"]) for r in rows
-             if "agreement" in r["improved"].get("diagnostics", {}).get("count_check", {})]
+    pairs = [(_count_check(r["improved"])["agreement"], r["improved"]["ari"]) for r in rows
+             if "agreement" in _count_check(r["improved"])]
     return float(np.corrcoef(np.array(pairs).T)[0, 1]) if len(pairs) > 2 else None
 
 
