@@ -4,7 +4,8 @@ A synthetic ragged pile: ``--classes`` well separated Gaussian classes in ``--di
 within-class trace, class means ``--separation`` times farther apart), ``--tasks`` tasks of 3-8 ways (classes
 drawn uniformly, distinct within a task), 1-5 images per class; item features float32, as learn_labeler's.
 Each size runs in a fresh process: it builds the pile, notes its peak RSS, runs
-``infer_global_labels`` (improved mode, the learn_labeler defaults) and notes the wall time and the peak RSS
+``infer_global_labels`` (improved mode, the learn_labeler defaults without the count check, a second
+clustering at 0.75 K that the recorded runs predate) and notes the wall time and the peak RSS
 again (``resource.getrusage``), so the difference is what the labeler costs beyond holding the features.
 The agreement with the true classes (ARI, cluster count) is computed after the timing.
 
@@ -86,7 +87,7 @@ def _child(n_tasks: int, n_classes: int | None, recurrence: float | None, dim: i
     features, true = ragged_pile(n_tasks, n_classes, recurrence, dim, separation, seed=0)
     rss_pile = _rss_mb()
     start = time.perf_counter()
-    labels = infer_global_labels(features, LabelerConfig(), device=torch.device(device))
+    labels = infer_global_labels(features, LabelerConfig(count_check=False), device=torch.device(device))
     seconds = time.perf_counter() - start
     rss_peak = _rss_mb()
     n_true = len(np.unique(true))
