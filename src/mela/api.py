@@ -30,12 +30,13 @@ from mela.data.samplers import TaskShape, labeling_pile
 from mela.data.task_dataset import TaskDataset, TaskSplitSettings, open_task_dataset
 from mela.data.tasks import TaskCollection, from_pairs
 from mela.device import pick_device
-from mela.engine.checkpoint import load_feature_model
+from mela.engine.checkpoint import model_metadata
 from mela.engine.episodic import EpisodicSettings, RidgeLossSettings, train_episodic
 from mela.engine.precision import ComputeSettings, backbone_of
 from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import OptimSettings, ReportSettings, TrainOutcome, ValidationSettings
 from mela.errors import MelaError
+from mela.inference.model_io import load_trained_model
 from mela.methods.collection_labels import collection_image_features, ragged_features
 from mela.methods.collection_labels import labelled_items as collection_labelled_items
 from mela.methods.evaluator import EvalProtocol, evaluate_collection, evaluate_model
@@ -100,10 +101,31 @@ def create_model(name: str = "convnet4", in_channels: int = 3, *, residual_mlp: 
     return build_model(name, in_channels, None, residual_mlp)
 
 
-def load_model(path: str | Path, device: DeviceLike = None) -> FeatureModel:
-    """A model saved by any step (a ``model.pt``, ``best_5shot.pt``, ...), on ``device``."""
-    model, _ = load_feature_model(Path(path), _device(device))
-    return model
+def load_model(path: str | Path, device: DeviceLike = None, *, workspace: str | None = None) -> FeatureModel:
+    """A trained model on ``device``: a model file of any step (``model.pt``, ``best_5shot.pt``, ...), a folder
+    written by :func:`export_model`, a run folder or run name, or a pipeline run (its ``mela`` model).
+
+    ``model.preprocessing`` says what its input must look like (size, channels, mean / std); :func:`embed` and
+    :class:`FewShotClassifier` apply it to raw images. A file from before mela 0.3.0 gets its data set's
+    statistics when they are known (with a warning), else ``preprocessing`` None.
+    """
+    import warnings
+
+    trained = load_trained_model(path, _device(device), workspace, require_preprocessing=False)
+    for note in trained.notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return trained.model
+
+
+def export_model(model: FeatureModel | str | Path, out: str | Path, *, formats: Sequence[str] = ("safetensors",),
+                 overwrite: bool = False) -> Path:
+    """Write ``out/model.safetensors`` + ``out/mela_model.json`` (and ``model.onnx`` / ``model.torchscript.pt``
+    for ``formats`` onnx / torchscript), as ``mela export``; ``model`` is a loaded model or any reference
+    :func:`load_model` takes. Returns the folder."""
+    from mela.inference.export import export_model as _export
+
+    trained = load_trained_model(model, "cpu")
+    return _export(trained, out, tuple(dict.fromkeys(["safetensors", *formats])), overwrite)
 
 
 @dataclass(frozen=True)
@@ -191,7 +213,7 @@ def meta_train(
     train, val = data.episode_data("train"), data.episode_data("val")
     return _train_in(run_dir, device, lambda folder: train_episodic(
         model, train, val, data.mean, data.std, settings, device, folder, log or _quiet,
-        {"step": "learn_meta_repr", "dataset": data.name})[0])
+        model_metadata("learn_meta_repr", data))[0])
 
 
 def label_pile(dataset: Dataset | str, *, n_ways: int = 5, images_per_class: int = 10, no_replacement: bool = True,
@@ -308,7 +330,7 @@ def pretrain(
             augment=AugmentSettings(data_aug, hflip), rotate_aug=rotate_aug, seed=seed, report=_report(run_dir))
     return _train_in(run_dir, device, lambda folder: train_supervised(
         model, train, item_images, label_sets, val, data.mean, data.std, settings, device, folder, log or _quiet,
-        {"step": "learn_labeler" if labels is not None else "sup_baseline", "dataset": data.name})[0])
+        model_metadata("learn_labeler" if labels is not None else "sup_baseline", data))[0])
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,23 @@ def test_balancing_changes_nothing_when_every_class_has_as_many_support_images()
     balanced = LogisticRegressionHead(balanced=True).fit(*args).predict_proba(torch.from_numpy(query))
     plain = LogisticRegressionHead().fit(*args).predict_proba(torch.from_numpy(query))
     torch.testing.assert_close(balanced, plain, rtol=0, atol=1e-12)
+
+
+def test_prototype_probabilities_are_the_softmax_of_minus_squared_distances_to_class_means() -> None:
+    support, labels, query = _tasks(11, 2, 4, 3, 5, 6)
+    head = PrototypeHead().fit(torch.from_numpy(support), torch.from_numpy(labels), 4)
+    probs = head.predict_proba(torch.from_numpy(query)).numpy()
+    means = support.reshape(2, 4, 3, 6).mean(2)
+    squared = ((query[:, :, None, :] - means[:, None, :, :]) ** 2).sum(-1)
+    expected = np.exp(-squared) / np.exp(-squared).sum(-1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, rtol=1e-9, atol=1e-12)
+    assert np.array_equal(probs.argmax(-1), head.predict(torch.from_numpy(query)).numpy())
+
+
+def test_ridge_scores_are_non_negative_sum_to_one_and_peak_at_the_prediction() -> None:
+    support, labels, query = _tasks(12, 3, 5, 2, 6, 8)
+    head = RidgeHead(lam=0.1).fit(torch.from_numpy(support), torch.from_numpy(labels), 5)
+    probs = head.predict_proba(torch.from_numpy(query)).numpy()
+    assert (probs >= 0).all()
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
+    assert np.array_equal(probs.argmax(-1), head.predict(torch.from_numpy(query)).numpy())

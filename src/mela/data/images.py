@@ -8,6 +8,8 @@ cropping (a non-square image is stretched).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +41,35 @@ def resize_image(array: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR))
 
 
-def image_header(path: Path) -> tuple[str, tuple[int, int]]:
-    """An image's PIL mode and (height, width), read from its header only (no decoding)."""
+# What PIL raises for a file it cannot read: unknown format, truncated data, a bad header, or more pixels
+# than its decompression-bomb guard allows (twice Image.MAX_IMAGE_PIXELS, about 179 million).
+_UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, Image.DecompressionBombError):
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        return f"too large: more than {limit:,} pixels, PIL's guard against decompression bombs; shrink or remove it"
+    return f"{exc}; remove or replace it"
+
+
+@contextlib.contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open(path)`` whose failures, decoding inside the ``with`` included, are one line naming the file.
+
+    An image over twice PIL's pixel limit (its decompression-bomb guard) is refused the same way.
+    """
     try:
         with Image.open(path) as image:
-            return image.mode, (image.height, image.width)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise MelaError(f"cannot read image {path} ({exc}); remove or replace it") from exc
+            yield image
+    except _UNREADABLE as exc:
+        raise MelaError(f"cannot read image {path} ({_why(exc)})") from None
+
+
+def image_header(path: Path) -> tuple[str, tuple[int, int]]:
+    """An image's PIL mode and (height, width), read from its header only (no decoding)."""
+    with open_image(path) as image:
+        return image.mode, (image.height, image.width)
 
 
 def image_mode(path: Path) -> str:
@@ -55,16 +79,13 @@ def image_mode(path: Path) -> str:
 
 def read_image(path: Path, grey: bool, size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Decode ``path`` as (h, w, 1) grey or (h, w, 3) RGB uint8, resized to ``size`` when given."""
-    try:
-        with Image.open(path) as image:
-            converted = image.convert("L" if grey else "RGB")
-            if size is not None:
-                height, width = _size_pair(size)
-                if (converted.height, converted.width) != (height, width):
-                    converted = converted.resize((width, height), Image.BILINEAR)
-            pixels = np.asarray(converted, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise MelaError(f"cannot read image {path} ({exc}); remove or replace it") from exc
+    with open_image(path) as image:
+        converted = image.convert("L" if grey else "RGB")
+        if size is not None:
+            height, width = _size_pair(size)
+            if (converted.height, converted.width) != (height, width):
+                converted = converted.resize((width, height), Image.BILINEAR)
+        pixels = np.asarray(converted, dtype=np.uint8)
     return pixels[..., None] if grey else pixels
 
 

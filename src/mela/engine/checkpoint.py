@@ -9,6 +9,7 @@ unpickling runs code.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import re
@@ -18,8 +19,15 @@ from pathlib import Path
 
 import torch
 
+from mela.data.preprocessing import Preprocessing
 from mela.errors import MelaError
+from mela.jsonio import read_json
 from mela.models.feature_model import FeatureModel, ModelSpec, build_model, check_feat_dim
+
+# An exported model (`mela export`): a folder with these two files.
+EXPORT_JSON = "mela_model.json"
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_FORMAT = "mela-model"
 
 # What torch.load's RuntimeErrors say when the file itself is damaged (as opposed to CUDA, memory, ...).
 _DAMAGED = re.compile(r"PytorchStreamReader|zip archive|central directory|corrupt|Invalid magic number|unexpected EOF"
@@ -110,6 +118,20 @@ def model_payload(model: FeatureModel, **extra: object) -> dict:
     return {"spec": model.spec.to_dict(), "state_dict": model.state_dict(), **extra}
 
 
+def model_metadata(step: str, data: object, **extra: object) -> dict:
+    """What a step records in its model files besides the weights: the step and the training data's name and
+    identity (the engine adds the input preprocessing: see :func:`with_preprocessing`)."""
+    return {"step": step, "dataset": getattr(data, "name", str(data)),
+            "dataset_identity": getattr(data, "identity", str(data)), **extra}
+
+
+def with_preprocessing(metadata: dict, image_shape: tuple[int, ...], mean: tuple[float, ...],
+                       std: tuple[float, ...]) -> dict:
+    """``metadata`` plus the preprocessing of the model's input (size, channels, mean / std), so that a model file
+    alone is enough to feed it raw images."""
+    return {**metadata, "preprocessing": Preprocessing.of_training(image_shape, mean, std).to_dict()}
+
+
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], saved: Mapping[str, object]) -> str | None:
     """What keeps ``saved`` from loading into a model whose state dict is ``expected`` (None if it fits)."""
     problems = []
@@ -131,27 +153,85 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], saved: Mapping[str
 
 
 def load_feature_model(path: Path, device: torch.device) -> tuple[FeatureModel, dict]:
-    """Rebuild the feature model saved at ``path`` on ``device``; returns it and the file's metadata."""
+    """Rebuild the feature model saved at ``path`` on ``device``; returns it and the file's metadata.
+
+    ``path`` is a model file of any step, or a folder written by ``mela export`` (see :func:`load_exported`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return load_exported(path, device)
     payload = load_checkpoint(path, device)
     if not isinstance(payload, dict) or "spec" not in payload or "state_dict" not in payload:
         raise MelaError(f"{path} is not a mela model file (no spec/state_dict); point to a step's model.pt")
-    try:
-        spec = ModelSpec.from_dict(payload["spec"])
-        model = FeatureModel(spec)
-    except MelaError as exc:
-        raise MelaError(f"{path}: its model spec is unusable ({exc})") from exc
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise MelaError(f"{path}: its model spec {payload['spec']!r} is unusable ({type(exc).__name__}: {exc}); "
-                        "the file is damaged or not a mela model file") from exc
+    model = _model_of_spec(payload["spec"], path)
     state_dict = payload["state_dict"]
     if not isinstance(state_dict, Mapping):
         raise MelaError(f"{path}: state_dict is a {type(state_dict).__name__}; the file is damaged")
     problem = state_dict_mismatch(model.state_dict(), state_dict)
     if problem:
-        raise MelaError(f"{path}: its weights do not fit its spec {spec.backbone} ({problem}); "
+        raise MelaError(f"{path}: its weights do not fit its spec {model.spec.backbone} ({problem}); "
                         "the file is damaged or was edited: use the model.pt of a finished run")
     model.load_state_dict(state_dict)
-    return model.to(device), payload
+    if "preprocessing" in payload:  # model files since 0.3.0; older ones: see mela.inference.model_io
+        model.preprocessing = Preprocessing.from_dict(payload["preprocessing"], str(path))
+    return model.to(device), {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def _model_of_spec(spec_dict: object, path: Path) -> FeatureModel:
+    try:
+        return FeatureModel(ModelSpec.from_dict(spec_dict))  # type: ignore[arg-type]
+    except MelaError as exc:
+        raise MelaError(f"{path}: its model spec is unusable ({exc})") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MelaError(f"{path}: its model spec {spec_dict!r} is unusable ({type(exc).__name__}: {exc}); "
+                        "the file is damaged or not a mela model file") from exc
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_export_json(folder: Path) -> dict:
+    """``mela_model.json`` of an exported folder, checked to be mela's."""
+    if not (folder / EXPORT_JSON).is_file():
+        raise MelaError(f"{folder} holds no {EXPORT_JSON}: it is not a folder written by `mela export`")
+    described = read_json(folder / EXPORT_JSON)
+    if not isinstance(described, dict) or described.get("format") != EXPORT_FORMAT:
+        raise MelaError(f"{folder / EXPORT_JSON} is not a mela model description (no \"format\": "
+                        f"\"{EXPORT_FORMAT}\"); export the model with `mela export`")
+    return described
+
+
+def load_exported(folder: Path, device: torch.device) -> tuple[FeatureModel, dict]:
+    """An exported folder: weights from ``model.safetensors`` (memory-mapped, no pickle), checked against
+    ``mela_model.json`` (the hash it records, and the shapes of the architecture it describes)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    described = read_export_json(folder)
+    weights = folder / EXPORT_WEIGHTS
+    if not weights.is_file():
+        raise MelaError(f"{folder} has {EXPORT_JSON} but no {EXPORT_WEIGHTS}; export the model again")
+    expected_hash = described.get("weights_sha256")
+    if expected_hash and file_sha256(weights) != expected_hash:
+        raise MelaError(f"{weights} does not match {EXPORT_JSON} (its SHA-256 differs from weights_sha256): one of "
+                        "the two was replaced or edited; export the model again")
+    model = _model_of_spec(described.get("architecture"), folder / EXPORT_JSON)
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MelaError(f"{weights} is not a readable safetensors file ({exc}); export the model again") from None
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem:
+        raise MelaError(f"{weights} disagrees with {EXPORT_JSON}, which describes a {model.spec.backbone} "
+                        f"({problem}); export the model again")
+    model.load_state_dict(state)
+    model.preprocessing = Preprocessing.from_dict(described.get("preprocessing"), str(folder / EXPORT_JSON))
+    return model.to(device), described
 
 
 def peek_model(path: Path) -> FeatureModel:

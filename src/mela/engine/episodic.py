@@ -16,6 +16,7 @@ from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, TaskSource, check_can_sample
 from mela.data.tasks import TaskCollection, check_scorable, scorable_tasks, support_query
 from mela.device import place_images
+from mela.engine.checkpoint import with_preprocessing
 from mela.engine.precision import FP32, Compute, ComputeSettings
 from mela.engine.trainer import (
     OptimSettings,
@@ -344,6 +345,7 @@ def train_episodic(
     """
     compute = settings.compute.resolve(device, model.spec.backbone)
     compute.prepare(model.to(device))
+    metadata = with_preprocessing(metadata, train.images.shape[1:], mean, std)
     net = distributed.wrap(model, device)  # the forward/backward pass: gradients all-reduced under torchrun
     trainer = Trainer(run_dir, model, model, settings.optim,
                       make_validator(model, val, mean, std, settings.validation, device, compute), log, metadata,

@@ -14,6 +14,7 @@ from mela import distributed
 from mela.data.augment import Augmenter, AugmentSettings, rotation_expand
 from mela.data.base import ImageSplit
 from mela.device import place_images
+from mela.engine.checkpoint import with_preprocessing
 from mela.engine.episodic import descend, rank_generators, share_weight, with_coverage
 from mela.engine.precision import FP32, Compute, ComputeSettings
 from mela.engine.trainer import OptimSettings, ReportSettings, Trainer, TrainOutcome, ValidationSettings, make_validator
@@ -143,6 +144,7 @@ def train_supervised(
     compute = settings.compute.resolve(device, model.spec.backbone)
     model.to(device)
     classifier = compute.prepare(Classifier(model, head_sizes(n_classes, settings.rotate_aug)).to(device))
+    metadata = with_preprocessing(metadata, images.images.shape[1:], mean, std)
     net = distributed.wrap(classifier, device)  # the forward/backward pass: gradients all-reduced under torchrun
     trainer = Trainer(run_dir, model, classifier, settings.optim,
                       make_validator(model, val, mean, std, settings.validation, device, compute), log, metadata,

@@ -16,11 +16,14 @@ from mela.methods.ridge import add_intercept, one_hot, ridge_fit
 
 
 class FewShotHead(Protocol):
-    """Fit on (B, n_s, d) support features with (B, n_s) labels; predict (B, n_q) query labels."""
+    """Fit on (B, n_s, d) support features with (B, n_s) labels; predict (B, n_q) query labels, or (B, n_q, c)
+    class probabilities whose argmax is the prediction."""
 
     def fit(self, support: torch.Tensor, labels: torch.Tensor, n_ways: int) -> FewShotHead: ...
 
     def predict(self, query: torch.Tensor) -> torch.Tensor: ...
+
+    def predict_proba(self, query: torch.Tensor) -> torch.Tensor: ...
 
 
 class PrototypeHead:
@@ -33,6 +36,10 @@ class PrototypeHead:
 
     def predict(self, query: torch.Tensor) -> torch.Tensor:
         return torch.cdist(query, self.prototypes).argmin(-1)
+
+    def predict_proba(self, query: torch.Tensor) -> torch.Tensor:
+        """ProtoNet's class probabilities: softmax of minus the squared distances to the prototypes."""
+        return torch.softmax(-torch.cdist(query, self.prototypes) ** 2, -1)
 
 
 class RidgeHead:
@@ -47,6 +54,15 @@ class RidgeHead:
 
     def predict(self, query: torch.Tensor) -> torch.Tensor:
         return (add_intercept(query) @ self.weights).argmax(-1)
+
+    def predict_proba(self, query: torch.Tensor) -> torch.Tensor:
+        """The regression onto one-hot targets read as class scores: clipped at 0 and summing to 1 (ridge has no
+        calibrated probabilities; the largest score is always the predicted class). A query whose scores are all
+        <= 0 gets the softmax of its scores instead."""
+        scores = add_intercept(query) @ self.weights
+        clipped = scores.clamp_min(0)
+        total = clipped.sum(-1, keepdim=True)
+        return torch.where(total > 0, clipped / total.clamp_min(1e-300), torch.softmax(scores, -1))
 
 
 class LogisticRegressionHead:
@@ -168,6 +184,9 @@ def _newton_multinomial(
     return theta
 
 
+HEAD_NAMES = ("logistic", "prototype", "ridge")
+
+
 def make_head(name: str, C: float = 1.0, use_bias: bool = True, lam: float = 1e-3,
               balanced: bool = False) -> FewShotHead:
     """Build a head by name: ``logistic`` (default), ``ridge`` or ``prototype``; ``balanced`` weighs the
@@ -178,4 +197,4 @@ def make_head(name: str, C: float = 1.0, use_bias: bool = True, lam: float = 1e-
         return RidgeHead(lam=lam)
     if name == "prototype":
         return PrototypeHead()
-    raise MelaError(f"unknown few-shot head '{name}'; valid names: logistic, prototype, ridge")
+    raise MelaError(f"unknown few-shot head '{name}'; valid names: {', '.join(HEAD_NAMES)}")

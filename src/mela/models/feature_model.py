@@ -46,6 +46,9 @@ class FeatureModel(nn.Module):
         self.backbone = create_model(spec.backbone, **spec.backbone_kwargs)
         self.feat_dim: int = int(self.backbone.feat_dim)
         self.mlp = ResidualMLP(self.feat_dim) if spec.residual_mlp else None
+        # What its input images must look like (a mela.data.preprocessing.Preprocessing), set when the model is
+        # loaded from a file that records it; None for a fresh model.
+        self.preprocessing: object | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)

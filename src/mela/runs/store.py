@@ -24,6 +24,7 @@ from mela import distributed
 from mela.data.registry import Dataset
 from mela.data.task_dataset import TaskDataset
 from mela.device import pick_device
+from mela.engine.checkpoint import EXPORT_JSON
 from mela.engine.precision import ComputeSettings
 from mela.errors import MelaError
 from mela.jsonio import json_safe, read_json, write_json_atomic
@@ -133,6 +134,8 @@ class RunStore:
 
 
 def _model_in(run_dir: Path) -> Path:
+    if (run_dir / EXPORT_JSON).is_file():  # a folder written by `mela export`: loaded as a whole
+        return run_dir
     model = run_dir / MODEL_FILE
     if not model.exists():
         raise MelaError(f"{run_dir} has no {MODEL_FILE}: the run did not finish; rerun it with run_name={run_dir.name}")

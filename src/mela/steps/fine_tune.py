@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
-from mela.engine.checkpoint import check_architecture, load_feature_model, peek_model
+from mela.engine.checkpoint import check_architecture, load_feature_model, model_metadata, peek_model
 from mela.engine.episodic import EpisodicSettings, check_episodic_data, train_episodic
 from mela.models.feature_model import FeatureModel, ModelSpec, check_feat_dim
 from mela.runs.store import MODEL_FILE, RunSettings, RunStore, start_run
@@ -58,7 +58,7 @@ def run(settings: FineTuneSettings, dataset: Dataset | None = None) -> dict:
         model.freeze_backbone()
         outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
                                           run.run_dir, run.log,
-                                          {"step": STEP, "dataset": settings.dataset.name, "base_model": str(source)})
+                                          model_metadata(STEP, data, base_model=str(source)))
         run.publish_model(outcome.chosen)
         return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
                            "best_val": outcome.best_val, "train_tasks": n_tasks})

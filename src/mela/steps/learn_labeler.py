@@ -17,19 +17,28 @@ from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.samplers import TaskShape, check_can_sample, labeling_pile
 from mela.data.task_dataset import TaskDataset
 from mela.data.tasks import TaskCollection
-from mela.engine.checkpoint import initial_model, load_feature_model, peek_model
+from mela.engine.checkpoint import initial_model, load_feature_model, model_metadata, peek_model
 from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import ReportSettings, check_validation_data
 from mela.errors import MelaError
 from mela.methods.centroids_io import load_centroids_file
 from mela.methods.collection_labels import (
+    GLOBAL_LABELS_FILE,
     collection_image_features,
     ragged_features,
-    write_global_labels,
+    write_global_classes,
 )
-from mela.methods.collection_labels import labelled_items as collection_labelled_items
+from mela.methods.doubt import labels_doubt, precision_at, truth_flags
 from mela.methods.global_labels import GlobalLabels, infer_global_labels, pile_features
-from mela.methods.labeler import LabelerConfig
+from mela.methods.labeler import LabelerConfig, RaggedFeatures, clustering_report, key_diagnostics, key_spread
+from mela.methods.labels_file import (
+    ClassIndex,
+    LabelsFile,
+    first_use_names,
+    read_labels_file,
+    training_labels,
+    write_labels_file,
+)
 from mela.models.feature_model import FeatureModel
 from mela.models.registry import check_model_name
 from mela.runs.store import MODEL_FILE, STEPS, Run, RunSettings, RunStore, start_run
@@ -58,16 +67,42 @@ class LearnLabelerSettings:
     labeler: LabelerConfig
     training: SupervisedSettings
     config: Mapping
+    labels: LabelsSettings = None  # type: ignore[assignment]  (set by read_settings; the defaults when None)
+
+    def __post_init__(self) -> None:
+        if self.labels is None:
+            object.__setattr__(self, "labels", LabelsSettings())
+        if self.labels.global_labels and self.pretrained_centroids:
+            raise MelaError("global_labels and pretrained_centroids both give the labels; set one of them (the other "
+                            "to false)")
+
+
+@dataclass(frozen=True)
+class LabelsSettings:
+    """Where the labels come from and how they are shown: ``global_labels`` (an edited ``global_labels.csv``
+    replaces the clustering; None: cluster), ``allow_shared`` (a task may give two of its local classes one
+    global class), ``gallery_top`` (doubtful classes in the gallery's review view), ``gallery`` (build it)."""
+
+    global_labels: str | None = None
+    allow_shared: bool = False
+    gallery_top: int = 50
+    gallery: bool = True
+
+    def __post_init__(self) -> None:
+        if self.gallery_top < 0:
+            raise MelaError(f"gallery_top must be zero or positive, got {self.gallery_top}")
 
 
 def read_settings(cfg: DictConfig) -> LearnLabelerSettings:
     check_model_name(str(cfg.train_model))
+    labels = LabelsSettings(readers.model_ref(cfg.get("global_labels")), bool(cfg.get("global_labels_allow_shared")),
+                            int(cfg.get("gallery_top", 50)), bool(cfg.get("gallery", True)))
     return LearnLabelerSettings(
         readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.label_recovery_model), str(cfg.train_model),
         readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_labeler),
         readers.model_ref(cfg.pretrained_centroids), readers.model_ref(cfg.pretrained_model), readers.read_shape(cfg),
         bool(cfg.no_replacement), int(cfg.train_db_size), readers.read_labeler(cfg),
-        readers.read_supervised(cfg, "sup_data_aug", "sup_rotate_aug"), readers.record(cfg))
+        readers.read_supervised(cfg, "sup_data_aug", "sup_rotate_aug"), readers.record(cfg), labels)
 
 
 def load_centroids(ref: str | None, store: RunStore, feat_dim: int, n_ways: int) -> np.ndarray | None:
@@ -139,7 +174,7 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | TaskDataset | None = 
                               run.log)
         outcome, n_classes = train_supervised(model, images, item_images, [inferred], data.episode_data("val"),
                                               data.mean, data.std, settings.training, run.device, run.run_dir,
-                                              run.log, {"step": STEP, "dataset": settings.dataset.name})
+                                              run.log, model_metadata(STEP, data))
         run.publish_model(outcome.chosen)
         summary = {k: report.get(k) for k in ("clusters", "true_classes", "clustering_accuracy", "ari", "nmi",
                                               "purity", "tasks_kept", "tasks_total", "warning")}
@@ -149,17 +184,19 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | TaskDataset | None = 
 
 def _label_pile(run: Run, settings: LearnLabelerSettings, data: Dataset, tasks: np.ndarray, model: FeatureModel,
                 labeler_path: Path, centroids: np.ndarray | None) -> tuple[ImageSplit, np.ndarray, np.ndarray, dict]:
-    """Cluster a sampled pile of a base data set; returns its images, the labelled items' rows and labels, and
-    the report."""
+    """Cluster a sampled pile of a base data set (or read its labels from a file); returns its images, the
+    labelled items' rows and labels, and the report."""
     train = data.split("train")
     run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
     features = pile_features(model, train, tasks, data.mean, data.std, run.device)  # every rank its share
     labelled = None
     if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
-        labels = infer_global_labels(features, settings.labeler, centroids, run.device)
-        report = _publish_labels(run, settings, labels, train.labels[tasks[:, :, 0]])
-        items, inferred = labels.labelled_items(tasks)
-        labelled = (train.item_images()[items], inferred, report)
+        index = ClassIndex.from_pile(tasks, data.identity)
+        rows = train.item_images()[tasks.reshape(len(index.class_names), -1)]  # (task classes, m) image rows
+        labels, report = _labels(run, settings, features, index, train.labels[tasks[:, :, 0]].reshape(-1), centroids,
+                                 lambda k: train.images[rows[k, 0]])
+        keep = labels >= 0
+        labelled = (rows[keep].reshape(-1), np.repeat(labels[keep], rows.shape[1]), report)
     item_images, inferred, report = distributed.broadcast_object(labelled)
     return train, item_images, inferred, report
 
@@ -167,21 +204,139 @@ def _label_pile(run: Run, settings: LearnLabelerSettings, data: Dataset, tasks: 
 def _label_collection(run: Run, settings: LearnLabelerSettings, data: TaskDataset, model: FeatureModel,
                       labeler_path: Path, centroids: np.ndarray | None
                       ) -> tuple[TaskCollection, np.ndarray, np.ndarray, dict]:
-    """Cluster the training tasks of a collection as given, and write the labels per task class and class."""
+    """Cluster the training tasks of a collection as given (or read their labels from a file), and write the
+    labels per task class and class."""
     train = data.tasks("train")
     run.log(f"labelling {train.n_tasks} tasks ({train.n_classes} task classes) with {labeler_path}")
     image_features = collection_image_features(model, train, data.mean, data.std, run.device)  # every rank
     labelled = None
     if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
-        labels = infer_global_labels(ragged_features(train, image_features), settings.labeler, centroids,
-                                     run.device)
-        report = _publish_labels(run, settings, labels, train.class_truth)
-        csv_path, json_path = write_global_labels(run.run_dir, train, labels.assigned, labels.key_distances)
-        run.log(f"wrote {csv_path.name} (global class of each task class) and {json_path.name} (members of each "
-                "global class)")
-        labelled = (*collection_labelled_items(train, labels), report)
+        index = ClassIndex.from_names(train.task_ids, train.class_names, train.task_offsets)
+        first = train.item_image[train.class_offsets[:-1]]
+        labels, report = _labels(run, settings, ragged_features(train, image_features), index, train.class_truth,
+                                 centroids, lambda k: train.images[first[k]])
+        item_labels = np.repeat(labels, train.class_sizes)
+        keep = item_labels >= 0
+        labelled = (train.item_image[keep], item_labels[keep], report)
     item_images, inferred, report = distributed.broadcast_object(labelled)
     return train, item_images, inferred, report
+
+
+def _labels(run: Run, settings: LearnLabelerSettings, features: np.ndarray | RaggedFeatures, index: ClassIndex,
+            true_classes: np.ndarray | None, centroids: np.ndarray | None,
+            image_of: Callable[[int], np.ndarray]) -> tuple[np.ndarray, dict]:
+    """The global class of every task class (clustered, or from ``global_labels``), written as
+    ``global_labels.csv``, ``global_classes.json`` and the gallery; returns the training label of each task
+    class (-1: left out) and the labeler report."""
+    edited = None
+    if settings.labels.global_labels:
+        edited = read_labels_file(settings.labels.global_labels, index, settings.labels.allow_shared)
+        names, inferred = edited.names, np.where(edited.inferred != "", edited.inferred, edited.names)
+        labels = GlobalLabels(np.zeros((0, 1)), training_labels(names), diagnostics=_file_diagnostics(features),
+                              task_offsets=index.task_offsets)
+        report = _publish_file_labels(run, edited, labels, true_classes, index)
+    else:
+        labels = infer_global_labels(features, settings.labeler, centroids, run.device)
+        names = inferred = first_use_names(labels.assigned)
+        flat_true = None if true_classes is None else np.asarray(true_classes).reshape(labels.assigned.shape)
+        report = _publish_labels(run, settings, labels, flat_true)
+    train_labels = training_labels(names)
+    doubt = labels_doubt(features, GlobalLabels(labels.centroids, train_labels, diagnostics=labels.diagnostics,
+                                                task_offsets=index.task_offsets))
+    distances = labels.key_distances.reshape(-1) if edited is None and labels.key_distances is not None else (
+        _member_distance(features, train_labels))
+    write_labels_file(run.run_dir / GLOBAL_LABELS_FILE, index, names, distances, inferred)
+    write_global_classes(run.run_dir, index, names, _class_sizes(features))
+    run.log(f"wrote {GLOBAL_LABELS_FILE} (global class of each task class; edit it and give it back as "
+            "global_labels=FILE to correct the labels) and global_classes.json (members of each global class)")
+    flags = None if true_classes is None else truth_flags(doubt.member_class, np.asarray(true_classes).reshape(-1),
+                                                          len(doubt.labels))
+    precision = None if flags is None else precision_at(doubt.score, flags.wrong)
+    if settings.labels.gallery:
+        _write_gallery(run, settings, index, names, doubt, doubt.member_distance, image_of, flags, precision,
+                       "file" if edited else "inferred")
+    if precision is not None:
+        report["doubt_precision"] = precision
+        run.log(f"doubt: of the {precision['top']} most doubtful global classes, {100 * precision['precision']:.0f}% "
+                f"are mixed or split by the true labels ({100 * precision['base_rate']:.0f}% of all classes are)")
+        run.write_json("labeler_report.json", report)
+    return train_labels, report
+
+
+def _write_gallery(run: Run, settings: LearnLabelerSettings, index: ClassIndex, names: np.ndarray, doubt,
+                   distance: np.ndarray, image_of: Callable[[int], np.ndarray], flags, precision: dict | None,
+                   source: str) -> None:
+    """The gallery of the global classes: ``gallery.json``, ``gallery_thumbs.npz``, ``gallery.html``."""
+    from mela.reporting.gallery import build_gallery, save_gallery, write_gallery_html
+
+    class_names = np.empty(len(doubt.labels), dtype=object)
+    task_of = index.class_task
+    members: list[list] = [[] for _ in range(len(doubt.labels))]
+    for k in np.flatnonzero(doubt.member_class >= 0).tolist():
+        p = int(doubt.member_class[k])
+        class_names[p] = names[k]
+        members[p].append((index.task_ids[task_of[k]], index.class_names[k], float(distance[k]), k))
+    gallery = build_gallery(class_names, members, doubt, image_of, flags, source=source, precision=precision)
+    save_gallery(run.run_dir, gallery)
+    page = write_gallery_html(gallery, run.run_dir, f"{STEP} {run.run_dir.name}: global classes",
+                              settings.labels.gallery_top)
+    top = ", ".join(f"{c.name} ({c.doubt:.1f})" for c in gallery.classes[:5])
+    run.log(f"wrote {page.name}: the global classes as thumbnails, most doubtful first ({top}); "
+            f"`mela labels doubtful {run.run_dir}` lists them")
+
+
+def _class_sizes(features: np.ndarray | RaggedFeatures) -> np.ndarray:
+    """(task classes,) images per task class."""
+    if isinstance(features, RaggedFeatures):
+        return features.class_sizes
+    t, n, m = features.shape[:3]
+    return np.full(t * n, m, dtype=np.int64)
+
+
+def _member_distance(features: np.ndarray | RaggedFeatures, labels: np.ndarray) -> np.ndarray:
+    """Distance of each task class's key to the mean key of its global class (NaN where left out)."""
+    from mela.methods.labeler import as_task_keys, task_keys
+
+    keys = as_task_keys(task_keys(features))[0].keys
+    out = np.full(len(labels), np.nan)
+    keep = labels >= 0
+    if keep.any():
+        sums = np.zeros((int(labels.max()) + 1, keys.shape[1]))
+        np.add.at(sums, labels[keep], keys[keep])
+        centres = sums / np.bincount(labels[keep])[:, None]
+        out[keep] = np.sqrt(((keys[keep] - centres[labels[keep]]) ** 2).sum(1))
+    return out
+
+
+def _file_diagnostics(features: np.ndarray | RaggedFeatures) -> dict:
+    """The label-free noise model of the keys (no clustering ran): same-class distance and dimension."""
+    from mela.methods.labeler import as_task_keys, task_keys
+
+    spread = key_spread(features)
+    return key_diagnostics(as_task_keys(task_keys(features))[0], np.zeros((0, 1)), spread) if spread else {}
+
+
+def _publish_file_labels(run: Run, edited: LabelsFile, labels: GlobalLabels, true_classes: np.ndarray | None,
+                         index: ClassIndex) -> dict:
+    """Log what the file gave and write ``labeler_report.json`` (no clustering ran: ``labels_from`` says so)."""
+    assigned = labels.assigned
+    kept = assigned >= 0
+    report: dict = {"clusters": int(len(np.unique(assigned[kept]))), "centroids": 0,
+                    "tasks_kept": int(np.logical_and.reduceat(kept, index.task_offsets[:-1]).sum()),
+                    "tasks_total": len(index.task_ids), "passes": [], "diagnostics": labels.diagnostics,
+                    "warning": None, "labels_from": edited.record()}
+    if true_classes is not None:
+        report.update(clustering_report(assigned, np.asarray(true_classes).reshape(-1), index.task_offsets))
+    report["mode"] = "file"
+    run.write_json("labeler_report.json", report)
+    changed = "" if edited.changed is None else f", {edited.changed} changed from the inferred ones"
+    run.log(f"global labels from {edited.path} (sha256 {edited.sha256[:12]}): {edited.rows} rows{changed}, "
+            f"{report['clusters']} global classes; {edited.left_out} task classes left out ({edited.absent} without "
+            "a row); no clustering")
+    if true_classes is not None:
+        run.log(f"against the true labels: ARI {report['ari']:.3f}, clustering accuracy "
+                f"{report['clustering_accuracy']:.3f}")
+    return report
 
 
 def _publish_labels(run: Run, settings: LearnLabelerSettings, labels: GlobalLabels,

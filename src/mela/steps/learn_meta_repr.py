@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from mela.config import readers
 from mela.data.registry import Dataset, DatasetRef, open_dataset
-from mela.engine.checkpoint import initial_model
+from mela.engine.checkpoint import initial_model, model_metadata
 from mela.engine.episodic import EpisodicSettings, check_episodic_data, train_episodic
 from mela.models.registry import check_model_name
 from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
@@ -52,7 +52,7 @@ def run(settings: LearnMetaReprSettings, dataset: Dataset | None = None) -> dict
                    compute=settings.training.compute) as run:
         model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
         outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
-                                          run.run_dir, run.log, {"step": STEP, "dataset": settings.dataset.name})
+                                          run.run_dir, run.log, model_metadata(STEP, data))
         run.publish_model(outcome.chosen)
         return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
                            "best_val": outcome.best_val, "train_tasks": n_tasks})

@@ -13,7 +13,7 @@ from mela.data.base import ImageSplit
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.task_dataset import TaskDataset
 from mela.data.tasks import TaskCollection
-from mela.engine.checkpoint import initial_model
+from mela.engine.checkpoint import initial_model, model_metadata
 from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import check_validation_data
 from mela.errors import MelaError
@@ -74,7 +74,7 @@ def run(settings: SupBaselineSettings, dataset: Dataset | TaskDataset | None = N
         item_images, label_sets = true_label_sets(train)
         outcome, n_classes = train_supervised(model, train, item_images, label_sets, val, data.mean, data.std,
                                               settings.training, run.device, run.run_dir, run.log,
-                                              {"step": STEP, "dataset": settings.dataset.name})
+                                              model_metadata(STEP, data))
         run.publish_model(outcome.chosen)
         return run.finish({"model": str(run.run_dir / MODEL_FILE), "selected": outcome.chosen.name,
                            "best_val": outcome.best_val, "n_classes": n_classes})
