@@ -26,9 +26,14 @@ Note = Callable[[str], None]
 
 
 def _warn(message: str) -> None:
+    """A UserWarning attributed to the user's line (the first frame outside mela), not to mela's internals."""
+    import sys
     import warnings
 
-    warnings.warn(message, UserWarning, stacklevel=4)
+    frame, level = sys._getframe(1), 2
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("mela."):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 @dataclass(frozen=True)

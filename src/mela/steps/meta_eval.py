@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from mela import distributed
 from mela.config import readers
+from mela.data.preprocessing import Preprocessing
 from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.data.samplers import TaskShape, check_can_sample
 from mela.data.task_dataset import TaskDataset
@@ -130,19 +131,29 @@ def run(settings: MetaEvalSettings, dataset: Dataset | TaskDataset | None = None
                    compute=settings.compute) as run:
         model = model.to(run.device)
         compute = settings.compute.resolve(run.device, model.spec.backbone)
+        normalised_as = _normalisation(model, data)
         rows = []
         if isinstance(data, TaskDataset):
             if len(data.indices["test"]):
-                rows.append(_held_out_row(run, settings, data, model, compute))
+                rows.append(_held_out_row(run, settings, data, model, compute, normalised_as))
         else:
-            rows += _shot_rows(run, settings, data, data, model, compute)
+            rows += _shot_rows(run, settings, data, normalised_as, model, compute)
         if other is not None:
-            rows += _shot_rows(run, settings, other, data, model, compute, column_prefix=f"{other.name} ")
+            rows += _shot_rows(run, settings, other, normalised_as, model, compute, column_prefix=f"{other.name} ")
         run.write_json("results.json", {"model": str(path), "rows": rows})
         return run.finish({"model": str(path), "rows": rows})
 
 
-def _shot_rows(run: Run, settings: MetaEvalSettings, data: Dataset, normalised_as: Dataset | TaskDataset,
+Normalisation = Preprocessing | Dataset | TaskDataset  # anything with the .mean and .std pixels are normalised by
+
+
+def _normalisation(model: FeatureModel, data: Dataset | TaskDataset) -> Normalisation:
+    """What pixels are normalised with: the model's recorded preprocessing (models since 0.3.0: the statistics of
+    the data it was trained on), else the statistics of the data it is evaluated on."""
+    return model.preprocessing if isinstance(model.preprocessing, Preprocessing) else data
+
+
+def _shot_rows(run: Run, settings: MetaEvalSettings, data: Dataset, normalised_as: Normalisation,
                model: FeatureModel, compute: Compute, column_prefix: str = "") -> list[dict]:
     """One row per shot count on ``data``'s split (pixels normalised as the model was trained: ``normalised_as``)."""
     results = evaluate_model(model, data.split(settings.split), list(settings.shapes), settings.n_tasks,
@@ -164,11 +175,11 @@ def _shot_rows(run: Run, settings: MetaEvalSettings, data: Dataset, normalised_a
 
 
 def _held_out_row(run: Run, settings: MetaEvalSettings, data: TaskDataset, model: FeatureModel,
-                  compute: Compute) -> dict:
+                  compute: Compute, normalised_as: Normalisation) -> dict:
     """Accuracy inside each held-out task: half of each class's images as support, the rest as queries."""
     held_out = data.tasks("test")
-    result = evaluate_collection(model, held_out, [None], settings.protocol, data.mean, data.std, run.device,
-                                 seed=settings.run.seed, compute=compute)[0]
+    result = evaluate_collection(model, held_out, [None], settings.protocol, normalised_as.mean, normalised_as.std,
+                                 run.device, seed=settings.run.seed, compute=compute)[0]
     acc = result.accuracy
     left_out = []
     if result.unscored_classes:
