@@ -47,7 +47,7 @@ class Decoded:
 
 
 def decode(trained: TrainedModel, images: Sequence[ImageLike] | np.ndarray, note: Note | None = None,
-           skip_bad: bool = False) -> Decoded:
+           skip_bad: bool = False, progress: bool = False) -> Decoded:
     """The model's pixels for ``images``; an unreadable one stops with its name, or is skipped with ``skip_bad``."""
     if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.dtype == np.uint8:
         images = list(images) if images.ndim == 4 else [images]
@@ -55,7 +55,7 @@ def decode(trained: TrainedModel, images: Sequence[ImageLike] | np.ndarray, note
     prep = trained.preprocessing
     pixels = np.empty((len(images), *prep.image_size, prep.channels), dtype=np.uint8)
     kept, bad = [], []
-    for i, image in enumerate(images):
+    for i, image in progress_bar(enumerate(images), progress, "reading images", total=len(images), unit="img"):
         try:
             pixels[len(kept)] = prep.pixel(image, i, tell)
         except MelaError as exc:

@@ -140,7 +140,7 @@ def predict_tasks(trained: TrainedModel, tasks: Sequence[FileTask], head: str = 
                   C: float = 1.0, lam: float = 1e-3) -> PredictionRun:
     """Embed every distinct file once, then fit ``head`` inside each task and predict its queries."""
     files = list(dict.fromkeys(p.resolve() for task in tasks for p, _ in [*task.support, *task.queries]))
-    decoded = decode(trained, files, note, skip_bad)
+    decoded = decode(trained, files, note, skip_bad, progress)
     skipped = [(files[i], reason) for i, reason in decoded.bad]
     row_of = {files[i]: r for r, i in enumerate(decoded.kept)}
     features = prepare_features(features_of(trained, decoded.pixels, batch_size, progress))
