@@ -111,7 +111,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not paths:
         raise MelaError("no image files found in " + ", ".join(args.images))
     trained = _load(args)
-    decoded = decode(trained, paths, _note, args.skip_bad)
+    decoded = decode(trained, paths, _note, args.skip_bad, _progress(len(paths)))
     for i, reason in decoded.bad:
         _note(f"skipped {paths[i]}: {reason}")
     if not len(decoded.kept):
