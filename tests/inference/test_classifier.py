@@ -97,3 +97,11 @@ def test_misuse_is_one_line(model, test_split):
         mela.FewShotClassifier(model, head="svm").fit(test_split.images[:2], ["a", "b"])
     with pytest.raises(MelaError, match="records no preprocessing"):
         mela.embed(mela.create_model("convnet4", in_channels=1), test_split.images[:2])
+
+
+def test_an_array_is_a_batch_of_grey_or_colour_images_or_one_image(model, test_split):
+    batch = test_split.images[:4]  # (4, 16, 16, 1)
+    expected = mela.embed(model, batch)
+    assert np.array_equal(mela.embed(model, batch[..., 0]), expected)  # (N, H, W) grey
+    assert np.array_equal(mela.embed(model, batch[0]), expected[:1])  # one (H, W, 1) image
+    assert np.array_equal(mela.embed(model, batch[0, ..., 0]), expected[:1])  # one (H, W) image

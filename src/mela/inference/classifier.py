@@ -49,8 +49,9 @@ class Decoded:
 def decode(trained: TrainedModel, images: Sequence[ImageLike] | np.ndarray, note: Note | None = None,
            skip_bad: bool = False, progress: bool = False) -> Decoded:
     """The model's pixels for ``images``; an unreadable one stops with its name, or is skipped with ``skip_bad``."""
-    if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.dtype == np.uint8:
-        images = list(images) if images.ndim == 4 else [images]
+    if isinstance(images, np.ndarray):  # a batch (N, H, W, C) or (N, H, W), or one (H, W, C) image
+        one_image = images.ndim == 3 and images.shape[-1] in (1, 3) or images.ndim == 2
+        images = [images] if one_image else list(images)
     tell = OnceNote(note)
     prep = trained.preprocessing
     pixels = np.empty((len(images), *prep.image_size, prep.channels), dtype=np.uint8)
