@@ -8,10 +8,13 @@ MELA ?= $(BIN)/mela
 # PyTorch is pinned here, not in the package: on these machines torch==2.13.0 is the CPU wheel on disk,
 # while an unpinned torch pulls a multi-GB CUDA build. On a GPU machine, set TORCH to the build you want.
 TORCH ?= torch==2.13.0
+# The versions the test environment installs (what CI passed with; `make lock` rewrites it). CONSTRAINTS= to go without,
+# e.g. with another TORCH.
+CONSTRAINTS ?= constraints.txt
 WORKSPACE ?= $(HOME)/mela-workspace
 export WORKSPACE
 
-.PHONY: demo test install install-dev initialize_workspace lint bench clean-venv
+.PHONY: demo test install install-dev initialize_workspace lint bench clean-venv lock wheel-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +24,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -37,6 +40,14 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks tools *.py
+
+# Build the sdist and wheel, check their files, install the wheel into a fresh environment and run it (CI).
+wheel-check: $(VENV)/.installed-dev
+	$(BIN)/python tools/wheel_check.py --torch "$(TORCH)" --constraints "$(CONSTRAINTS)"
+
+# Rewrite constraints.txt from a fresh environment: TORCH, then the newest '.[dev]' pip finds.
+lock:
+	$(PYTHON) tools/lock.py --torch "$(TORCH)" --out constraints.txt
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/run_all.py
