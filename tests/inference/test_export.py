@@ -139,3 +139,16 @@ def test_meta_eval_scores_an_exported_folder_exactly_as_its_model_file(trained_m
     scored = meta_eval.run(meta_eval.read_settings(cfg))["rows"]
     recorded = export.describe(load_trained_model(run_model, "cpu"))["test_accuracy"]
     assert [row["acc"] for row in recorded] == [row["acc"] for row in scored]
+
+
+def test_an_edited_preprocessing_record_is_refused_naming_the_file(exported, tmp_path):
+    edited = _copy(exported, tmp_path)
+    described = json.loads((edited / "mela_model.json").read_text())
+    described["preprocessing"].update(channels=3, mean=[0.2] * 3, std=[0.2] * 3)
+    (edited / "mela_model.json").write_text(json.dumps(described))
+    with pytest.raises(MelaError, match="mela_model.json: its preprocessing has 3 channels but its convnet4 takes 1"):
+        load_trained_model(edited, "cpu")
+    described["preprocessing"].update(mean=[0.2])
+    (edited / "mela_model.json").write_text(json.dumps(described))
+    with pytest.raises(MelaError, match="mela_model.json: the recorded normalisation has 1 means"):
+        load_trained_model(edited, "cpu")

@@ -63,6 +63,8 @@ class Preprocessing:
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise MelaError(f"{where}: its preprocessing record {data!r} is unusable ({type(exc).__name__}); "
                             "the file is damaged") from None
+        except MelaError as exc:
+            raise MelaError(f"{where}: {exc}") from None
 
     @property
     def grey(self) -> bool:

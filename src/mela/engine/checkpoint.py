@@ -231,6 +231,10 @@ def load_exported(folder: Path, device: torch.device) -> tuple[FeatureModel, dic
                         f"({problem}); export the model again")
     model.load_state_dict(state)
     model.preprocessing = Preprocessing.from_dict(described.get("preprocessing"), str(folder / EXPORT_JSON))
+    channels = model.spec.backbone_kwargs.get("in_channels", model.preprocessing.channels)
+    if model.preprocessing.channels != channels:
+        raise MelaError(f"{folder / EXPORT_JSON}: its preprocessing has {model.preprocessing.channels} channels but "
+                        f"its {model.spec.backbone} takes {channels}; the file was edited: export the model again")
     return model.to(device), described
 
 
