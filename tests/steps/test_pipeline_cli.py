@@ -120,7 +120,9 @@ def check_the_report_table_matches_the_results(markdown: str, results: dict) -> 
 def check_the_page_is_well_formed_and_self_contained(page: str) -> None:
     root = ET.fromstring(page.split("\n", 1)[1])  # after <!DOCTYPE html>: the page parses as XML
     images = root.findall(".//img")
-    assert len(images) == 8  # four learning curves, three labeler plots, the accuracy plot
+    plots = [img for img in images if img.get("class") != "strip"]
+    assert len(plots) == 8  # four learning curves, three labeler plots, the accuracy plot
+    assert len(images) > len(plots)  # and the learn_labeler gallery's thumbnail strips
     assert all(img.get("src", "").startswith("data:image/png;base64,") for img in images)
     assert not [e for e in root.iter() if e.tag in ("script", "link", "iframe")]
     assert not re.search(r"(src|href)=\"(https?:)?//", page)

@@ -8,8 +8,6 @@ key sits from that class's centroid, and one entry per global class with its mem
 
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from mela.jsonio import write_json_atomic
 from mela.methods.evaluator import extract_features
 from mela.methods.global_labels import GlobalLabels
 from mela.methods.labeler import RaggedFeatures
+from mela.methods.labels_file import ClassIndex, cluster_names, write_labels_file
 
 GLOBAL_LABELS_FILE = "global_labels.csv"
 GLOBAL_CLASSES_FILE = "global_classes.json"
@@ -48,36 +47,30 @@ def labelled_items(collection: TaskCollection, labels: GlobalLabels) -> tuple[np
 
 
 def global_class_names(assigned: np.ndarray) -> np.ndarray:
-    """(K,) the name of each task class's global class, ``g0``, ``g1``, ... in order of first use ("" if none)."""
-    order: dict[int, int] = {}
-    for value in assigned.tolist():
-        if value >= 0 and value not in order:
-            order[value] = len(order)
-    return np.array([f"g{order[v]}" if v >= 0 else "" for v in assigned.tolist()], dtype=object)
+    """(K,) the name of each task class's global class: ``g0``, ``g1``, ... in cluster order ("" if none)."""
+    return cluster_names(assigned)
 
 
 def write_global_labels(run_dir: Path, collection: TaskCollection, assigned: np.ndarray,
                         distances: np.ndarray) -> tuple[Path, Path]:
-    """``global_labels.csv`` (task, local_label, global_class, distance) and ``global_classes.json``
-    ({global class: {size, members: [[task, local_label], ...]}}), both written atomically."""
+    """``global_labels.csv`` (task, local_label, global_class, distance, inferred, collection) and
+    ``global_classes.json`` ({global class: {size, images, members: [[task, local_label], ...]}}), atomically."""
+    index = ClassIndex.from_names(collection.task_ids, collection.class_names, collection.task_offsets)
     names = global_class_names(assigned)
-    task_of = collection.class_task
-    csv_path = run_dir / GLOBAL_LABELS_FILE
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["task", "local_label", "global_class", "distance"])
-        for k in range(collection.n_classes):
-            distance = "" if not np.isfinite(distances[k]) else f"{distances[k]:.6g}"
-            writer.writerow([collection.task_ids[task_of[k]], collection.class_names[k], names[k], distance])
-    os.replace(tmp, csv_path)
+    csv_path = write_labels_file(run_dir / GLOBAL_LABELS_FILE, index, names, distances)
+    return csv_path, write_global_classes(run_dir, index, names, collection.class_sizes)
+
+
+def write_global_classes(run_dir: Path, index: ClassIndex, names: np.ndarray, class_sizes: np.ndarray) -> Path:
+    """``global_classes.json``: per global class its size (task classes), images and members."""
     classes: dict[str, dict] = {}
-    for k in range(collection.n_classes):
+    task_of = index.class_task
+    for k in range(index.n_classes):
         if names[k]:
             entry = classes.setdefault(names[k], {"size": 0, "images": 0, "members": []})
             entry["size"] += 1
-            entry["images"] += int(collection.class_sizes[k])
-            entry["members"].append([collection.task_ids[task_of[k]], collection.class_names[k]])
+            entry["images"] += int(class_sizes[k])
+            entry["members"].append([index.task_ids[task_of[k]], index.class_names[k]])
     json_path = run_dir / GLOBAL_CLASSES_FILE
     write_json_atomic(json_path, classes)
-    return csv_path, json_path
+    return json_path

@@ -26,6 +26,7 @@ from mela.reporting.columns import columns_of, row_column
 SAVES = Path("checkpoint") / "label_learn" / "saves"
 PIPELINE = "pipeline"
 MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "report_plots"
+GALLERY_DIR = "report_gallery"  # the full lists of the learn_labeler galleries, beside the report
 # The PNG names steps write into their run folders; the report draws the first two itself when they are missing.
 CURVES_PNG, PASSES_PNG, ACCURACY_PNG = "learning_curves.png", "labeler_passes.png", "accuracy.png"
 # Steps in pipeline order, for sorting; steps not listed here come after, by name.
@@ -166,6 +167,12 @@ def discover(paths: Iterable[Path]) -> tuple[list[Pipeline], list[Run]]:
             for step_dir in sorted(p for p in path.iterdir() if p.is_dir()):
                 target = pipeline_dirs if step_dir.name == PIPELINE else run_dirs
                 target.update(dict.fromkeys(_run_dirs(step_dir), False))
+        elif (path / "sweep.json").is_file():  # a sweep folder: its jobs' runs (mela.experiments)
+            from mela.experiments.aggregate import check_sweep_folder
+
+            for job_dir in check_sweep_folder(path):
+                target = pipeline_dirs if job_dir.parent.name == PIPELINE else run_dirs
+                target[job_dir.resolve()] = False  # type: ignore[index]
         elif path.parent.name == PIPELINE or ((path / "results.json").is_file() and not (path / "done.json").exists()):
             pipeline_dirs[path] = True
         elif (path / "config.yaml").is_file():
@@ -297,9 +304,17 @@ class Image:
 
 
 @dataclass
+class Raw:
+    """Ready HTML (well-formed) and its Markdown stand-in, e.g. a learn_labeler run's gallery."""
+
+    html: str
+    markdown: str
+
+
+@dataclass
 class Section:
     title: str
-    items: list[Table | Image | str] = field(default_factory=list)
+    items: list[Table | Image | Raw | str] = field(default_factory=list)
 
 
 def _md_cell(text: str) -> str:
@@ -315,6 +330,8 @@ def render_markdown(title: str, sections: Sequence[Section], out_dir: Path) -> s
                 lines.append("| " + " | ".join(_md_cell(h) for h in item.header) + " |")
                 lines.append("|" + "|".join("---" for _ in item.header) + "|")
                 lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in item.rows]
+            elif isinstance(item, Raw):
+                lines.append(item.markdown)
             elif isinstance(item, Image):
                 rel = Path(os.path.relpath(item.path, out_dir)).as_posix()
                 lines.append(f"![{_md_cell(item.caption)}]({rel})")
@@ -347,6 +364,8 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
                 parts.append("<tr>" + "".join(f"<th>{esc(h)}</th>" for h in item.header) + "</tr>")
                 parts += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in item.rows]
                 parts.append("</table>")
+            elif isinstance(item, Raw):
+                parts.append(item.html)
             elif isinstance(item, Image):
                 parts.append(f'<figure><img src="{_data_uri(item.path)}" alt="{esc(item.caption)}" />'
                              f"<figcaption>{esc(item.caption)}</figcaption></figure>")
@@ -399,9 +418,9 @@ def pipeline_sections(pipelines: Sequence[Pipeline], plots_dir: Path | None) -> 
     return [section]
 
 
-def run_sections(runs: Sequence[Run], plots_dir: Path | None) -> list[Section]:
+def run_sections(runs: Sequence[Run], plots_dir: Path | None, out_dir: Path | None = None) -> list[Section]:
     """One table row per run (status, best validation, test accuracy, labeler, wall time, settings that differ
-    from the other runs of its step), then each run's plots."""
+    from the other runs of its step), then each run's plots; with ``out_dir``, a learn_labeler run's gallery."""
     if not runs:
         return []
     from mela.reporting import plots
@@ -430,6 +449,8 @@ def run_sections(runs: Sequence[Run], plots_dir: Path | None) -> list[Section]:
                            ", ".join(f"{k.replace('shot', '-shot')} {float(v):.2f}" for k, v in best.items()),
                            *[cells.get(k, "") for k in shots], labeler_cell(labeler), seconds_cell(run.seconds),
                            _settings_cell(differ.get(str(run.path), {}))])
+        if run.step == "learn_labeler" and out_dir is not None:
+            section.items += gallery_items(run, out_dir)
         if plots_dir is None:
             continue
         tag = f"{run.step}_{_slug(run.name)}"
@@ -447,16 +468,41 @@ def run_sections(runs: Sequence[Run], plots_dir: Path | None) -> list[Section]:
     return [section]
 
 
+def gallery_items(run: Run, out_dir: Path) -> list[Raw]:
+    """A learn_labeler run's gallery (see :mod:`mela.reporting.gallery`): the review view inline, every class
+    on pages beside the report (``report_gallery/``)."""
+    from mela.reporting.gallery import gallery_html, load_gallery, write_gallery_pages
+
+    gallery = load_gallery(run.path)
+    if gallery is None:
+        return []
+    tag = _slug(f"{run.step}_{run.name}")
+    pages = write_gallery_pages(gallery, out_dir / GALLERY_DIR, tag, f"{run.step} {run.name}: every global class")
+    hrefs = [Path(os.path.relpath(p, out_dir)).as_posix() for p in pages]
+    top = int(run.config.get("gallery_top") or 50)
+    title = f"<h3>{html.escape(f'{run.step} {run.name}: the global classes, most doubtful first')}</h3>"
+    md = [f"{run.step} {run.name}: {len(gallery.classes)} global classes; most doubtful first (full list: "
+          f"{', '.join(hrefs)})", "", "| class | doubt | members |", "|---|---|---|"]
+    md += [f"| {c.name} | {c.doubt:.2f} | {c.size} |" for c in gallery.classes[:top]]
+    return [Raw(title + gallery_html(gallery, top=top, prefix=f"{tag}-", pages=hrefs), "\n".join(md))]
+
+
 def write_report(paths: list[Path], out_dir: Path, with_plots: bool = True) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (plots in ``report_plots/``) for ``paths`` into ``out_dir``.
 
-    ``with_plots=False`` gives the tables only (fast on a workspace of hundreds of runs).
+    ``with_plots=False`` gives the tables only (fast on a workspace of hundreds of runs): no plot, no gallery.
     """
     pipelines, runs = discover(paths)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots_dir = out_dir / PLOTS_DIR if with_plots else None
-    sections = pipeline_sections(pipelines, plots_dir) + run_sections(runs, plots_dir)
+    from mela.experiments.aggregate import report_sections
+
+    in_pipelines = {r.path.resolve() for p in pipelines for r in p.runs.values()}
+    sections = (pipeline_sections(pipelines, plots_dir)
+                + report_sections([p.path for p in pipelines], [r.path for r in runs if r.step == "meta_eval"
+                                                                 and r.path.resolve() not in in_pipelines], plots_dir)
+                + run_sections(runs, plots_dir, out_dir if with_plots else None))
     title = "mela report"
     intro = Section("Sources", [f"{len(pipelines)} pipeline(s) and {len(runs)} run(s) from "
                                 f"{', '.join(str(p) for p in paths)}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,11 @@ from mela.methods.collection_labels import (
 )
 from mela.methods.doubt import labels_doubt, precision_at, truth_flags
 from mela.methods.global_labels import GlobalLabels, infer_global_labels, pile_features
-from mela.methods.labeler import LabelerConfig, RaggedFeatures, clustering_report, key_diagnostics, key_spread
+from mela.methods.labeler import LabelerConfig, RaggedFeatures, clustering_report, key_spread
 from mela.methods.labels_file import (
     ClassIndex,
     LabelsFile,
-    first_use_names,
+    cluster_names,
     read_labels_file,
     training_labels,
     write_labels_file,
@@ -46,6 +46,22 @@ from mela.workspace import data_dir
 
 STEP = "learn_labeler"
 CENTROIDS_FILE = "centroids.npz"
+
+
+@dataclass(frozen=True)
+class LabelsSettings:
+    """Where the labels come from and how they are shown: ``global_labels`` (an edited ``global_labels.csv``
+    replaces the clustering; None: cluster), ``allow_shared`` (a task may give two of its local classes one
+    global class), ``gallery_top`` (doubtful classes in the gallery's review view), ``gallery`` (build it)."""
+
+    global_labels: str | None = None
+    allow_shared: bool = False
+    gallery_top: int = 50
+    gallery: bool = True
+
+    def __post_init__(self) -> None:
+        if self.gallery_top < 0:
+            raise MelaError(f"gallery_top must be zero or positive, got {self.gallery_top}")
 
 
 @dataclass(frozen=True)
@@ -67,30 +83,12 @@ class LearnLabelerSettings:
     labeler: LabelerConfig
     training: SupervisedSettings
     config: Mapping
-    labels: LabelsSettings = None  # type: ignore[assignment]  (set by read_settings; the defaults when None)
+    labels: LabelsSettings = field(default_factory=LabelsSettings)
 
     def __post_init__(self) -> None:
-        if self.labels is None:
-            object.__setattr__(self, "labels", LabelsSettings())
         if self.labels.global_labels and self.pretrained_centroids:
             raise MelaError("global_labels and pretrained_centroids both give the labels; set one of them (the other "
                             "to false)")
-
-
-@dataclass(frozen=True)
-class LabelsSettings:
-    """Where the labels come from and how they are shown: ``global_labels`` (an edited ``global_labels.csv``
-    replaces the clustering; None: cluster), ``allow_shared`` (a task may give two of its local classes one
-    global class), ``gallery_top`` (doubtful classes in the gallery's review view), ``gallery`` (build it)."""
-
-    global_labels: str | None = None
-    allow_shared: bool = False
-    gallery_top: int = 50
-    gallery: bool = True
-
-    def __post_init__(self) -> None:
-        if self.gallery_top < 0:
-            raise MelaError(f"gallery_top must be zero or positive, got {self.gallery_top}")
 
 
 def read_settings(cfg: DictConfig) -> LearnLabelerSettings:
@@ -161,6 +159,8 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | TaskDataset | None = 
     centroids = load_centroids(settings.pretrained_centroids, store, peeked.feat_dim, min_ways)
     pile = None if on_tasks else labeling_pile(data.split("train"), settings.pile, settings.no_replacement,
                                                settings.train_db_size, settings.run.seed)
+    if settings.labels.global_labels:  # a bad file is refused before any work
+        read_labels_file(settings.labels.global_labels, class_index(data, pile), settings.labels.allow_shared)
     with start_run(settings.run, STEP, data, settings.train_model, settings.config,
                    compute=settings.training.compute) as run:
         labeler_model, _ = load_feature_model(labeler_path, run.device)  # after the seed, as every run does
@@ -182,6 +182,14 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | TaskDataset | None = 
                            "best_val": outcome.best_val, "n_classes": n_classes, "labeler": summary})
 
 
+def class_index(data: Dataset | TaskDataset, pile: np.ndarray | None) -> ClassIndex:
+    """The task classes a labels file names: a collection's training tasks, or a sampled ``pile``'s."""
+    if isinstance(data, TaskDataset):
+        train = data.tasks("train")
+        return ClassIndex.from_names(train.task_ids, train.class_names, train.task_offsets)
+    return ClassIndex.from_pile(pile, data.identity)
+
+
 def _label_pile(run: Run, settings: LearnLabelerSettings, data: Dataset, tasks: np.ndarray, model: FeatureModel,
                 labeler_path: Path, centroids: np.ndarray | None) -> tuple[ImageSplit, np.ndarray, np.ndarray, dict]:
     """Cluster a sampled pile of a base data set (or read its labels from a file); returns its images, the
@@ -191,7 +199,7 @@ def _label_pile(run: Run, settings: LearnLabelerSettings, data: Dataset, tasks: 
     features = pile_features(model, train, tasks, data.mean, data.std, run.device)  # every rank its share
     labelled = None
     if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
-        index = ClassIndex.from_pile(tasks, data.identity)
+        index = class_index(data, tasks)
         rows = train.item_images()[tasks.reshape(len(index.class_names), -1)]  # (task classes, m) image rows
         labels, report = _labels(run, settings, features, index, train.labels[tasks[:, :, 0]].reshape(-1), centroids,
                                  lambda k: train.images[rows[k, 0]])
@@ -211,7 +219,7 @@ def _label_collection(run: Run, settings: LearnLabelerSettings, data: TaskDatase
     image_features = collection_image_features(model, train, data.mean, data.std, run.device)  # every rank
     labelled = None
     if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
-        index = ClassIndex.from_names(train.task_ids, train.class_names, train.task_offsets)
+        index = class_index(data, None)
         first = train.item_image[train.class_offsets[:-1]]
         labels, report = _labels(run, settings, ragged_features(train, image_features), index, train.class_truth,
                                  centroids, lambda k: train.images[first[k]])
@@ -237,7 +245,7 @@ def _labels(run: Run, settings: LearnLabelerSettings, features: np.ndarray | Rag
         report = _publish_file_labels(run, edited, labels, true_classes, index)
     else:
         labels = infer_global_labels(features, settings.labeler, centroids, run.device)
-        names = inferred = first_use_names(labels.assigned)
+        names = inferred = cluster_names(labels.assigned)
         flat_true = None if true_classes is None else np.asarray(true_classes).reshape(labels.assigned.shape)
         report = _publish_labels(run, settings, labels, flat_true)
     train_labels = training_labels(names)
@@ -309,11 +317,13 @@ def _member_distance(features: np.ndarray | RaggedFeatures, labels: np.ndarray) 
 
 
 def _file_diagnostics(features: np.ndarray | RaggedFeatures) -> dict:
-    """The label-free noise model of the keys (no clustering ran): same-class distance and dimension."""
-    from mela.methods.labeler import as_task_keys, task_keys
-
+    """The noise model of the keys, measured inside the local classes (no clustering ran): what the doubt
+    score needs; empty when no class has two images (the doubt score then measures it around the classes)."""
     spread = key_spread(features)
-    return key_diagnostics(as_task_keys(task_keys(features))[0], np.zeros((0, 1)), spread) if spread else {}
+    if spread is None:
+        return {}
+    return {"same_class_key_distance": spread.distance, "same_class_distance_source": spread.source,
+            "shared_key_noise": spread.shared, "effective_dimension": spread.effective_dim}
 
 
 def _publish_file_labels(run: Run, edited: LabelsFile, labels: GlobalLabels, true_classes: np.ndarray | None,
