@@ -16,6 +16,9 @@ The public API (see :mod:`mela.api` and the README's "From Python"):
 ``run_pipeline``       every step, as ``mela pipeline`` -> :class:`PipelineResult`
 ``open_tasks``         your locally labelled tasks (folder, manifest or pairs) -> :class:`TaskDataset`
 ``evaluate_tasks``     accuracy inside held-out tasks -> :class:`TasksResult`
+``FewShotClassifier``  a trained model as a scikit-learn style few-shot classifier (``fit`` / ``predict``)
+``embed``              a trained model's features of raw images (files, PIL images, arrays)
+``export_model``       ``model.safetensors`` + ``mela_model.json`` (and ONNX / TorchScript)
 =====================  ===================================================================
 
 Names are imported on first use, so ``import mela`` stays light.
@@ -31,7 +34,9 @@ from mela._version import __version__
 _API = {name: module for module, names in {
     "mela.api": ["open_dataset", "load_dataset", "create_model", "load_model", "meta_train", "label_pile",
                  "task_features", "infer_global_labels", "pretrain", "evaluate", "run_pipeline", "TrainResult",
-                 "ShotResult", "PipelineResult", "open_tasks", "evaluate_tasks", "TasksResult"],
+                 "ShotResult", "PipelineResult", "open_tasks", "evaluate_tasks", "TasksResult", "export_model"],
+    "mela.inference.classifier": ["FewShotClassifier", "embed"],
+    "mela.data.preprocessing": ["Preprocessing"],
     "mela.data.task_dataset": ["TaskDataset"],
     "mela.data.tasks": ["TaskCollection"],
     "mela.methods.global_labels": ["GlobalLabels"],
@@ -43,10 +48,11 @@ _API = {name: module for module, names in {
     "mela.errors": ["MelaError"],
 }.items() for name in names}
 __all__ = [
-    "Dataset", "EvalProtocol", "GlobalLabels", "ImageSplit", "LabelerConfig", "MelaError", "PipelineResult",
-    "ShotResult", "TaskCollection", "TaskDataset", "TaskShape", "TasksResult", "TrainResult", "create_model",
-    "evaluate", "evaluate_tasks", "infer_global_labels", "label_pile", "load_dataset", "load_model", "meta_train",
-    "open_dataset", "open_tasks", "pretrain", "run_pipeline", "task_features",
+    "Dataset", "EvalProtocol", "FewShotClassifier", "GlobalLabels", "ImageSplit", "LabelerConfig", "MelaError",
+    "PipelineResult", "Preprocessing", "ShotResult", "TaskCollection", "TaskDataset", "TaskShape", "TasksResult",
+    "TrainResult", "create_model", "embed", "evaluate", "evaluate_tasks", "export_model", "infer_global_labels",
+    "label_pile", "load_dataset", "load_model", "meta_train", "open_dataset", "open_tasks", "pretrain",
+    "run_pipeline", "task_features",
     "__version__",
 ]
 
@@ -59,6 +65,7 @@ if TYPE_CHECKING:
         create_model,
         evaluate,
         evaluate_tasks,
+        export_model,
         infer_global_labels,
         label_pile,
         load_dataset,
@@ -71,14 +78,21 @@ if TYPE_CHECKING:
         task_features,
     )
     from mela.data.base import ImageSplit
+    from mela.data.preprocessing import Preprocessing
     from mela.data.registry import Dataset
     from mela.data.samplers import TaskShape
     from mela.data.task_dataset import TaskDataset
     from mela.data.tasks import TaskCollection
     from mela.errors import MelaError
+    from mela.inference.classifier import FewShotClassifier, embed
     from mela.methods.evaluator import EvalProtocol
     from mela.methods.global_labels import GlobalLabels
     from mela.methods.labeler import LabelerConfig
+
+
+def __dir__() -> list[str]:
+    """The public API and the module's own dunder names (tab completion; not the helpers imported here)."""
+    return sorted(set(__all__) | {name for name in globals() if name.startswith("__") and name.endswith("__")})
 
 
 def __getattr__(name: str) -> object:

@@ -28,9 +28,11 @@ STEP_COMMANDS = {
     "pipeline": "pipeline",
 }
 
-USAGE = """usage: mela <command> [key=value ...]
+USAGE = """usage: mela <command> [key=value ...]    (mela -V, --version: versions of mela and torch, the device)
 
-pipeline steps (Hydra overrides as key=value; --cfg prints the resolved config, --help the defaults):
+pipeline steps (Hydra overrides as key=value; --cfg prints the resolved config, --help the defaults;
+-m / --multirun sweeps value lists, e.g. mela pipeline -m seed=0,1,2: a run per combination, then the
+aggregate with paired differences in saves/sweeps/<name>/; --yes for more than 100 jobs):
   learn-meta-repr   step 1: meta-learn a representation from locally labelled tasks
   learn-labeler     step 2: infer global labels by clustering, then pre-train on them
   fine-tune         step 3: residual MLP on the frozen backbone, trained episodically
@@ -46,6 +48,13 @@ other commands:
   models            list the model names
   report PATH...    report.md + self-contained report.html across runs, pipelines or a workspace
                     (mela report --help)
+  labels ...        the global classes of a learn_labeler run: show RUN [--class N | --task ID], doubtful RUN
+                    [--out review.csv] (mela labels --help)
+
+use a trained model (MODEL: model file, exported folder, run name, or a pipeline run's mela model):
+  predict MODEL     few-shot predictions: --support DIR --query FILES_OR_DIRS, or --tasks MANIFEST.csv
+  embed MODEL IMGS  features of images to --out features.npz
+  export MODEL      --out DIR: model.safetensors + mela_model.json (--format onnx torchscript)
 """
 
 
@@ -80,6 +89,14 @@ def _run_step(name: str, args: list[str]) -> int:
         print(f"mela {name.replace('_', '-')} [key=value ...] [--cfg]; the defaults:\n")
         print(_settings_text(config_name))
         return 0
+    if any(a in ("-m", "--multirun") for a in args):  # Hydra's multirun: the product of the value lists
+        from mela.experiments.sweep import multirun_args, plan_sweep, run_sweep
+
+        _, max_jobs, yes, sweep_args = multirun_args(args)
+        if "--cfg" in sweep_args:
+            raise MelaError("--cfg shows one config: drop -m, or give one value per key")
+        run_sweep(plan_sweep(name, config_name, sweep_args, max_jobs, yes))
+        return 0
     show_only = "--cfg" in args
     overrides = [a for a in args if a != "--cfg"]
     bad = [a for a in overrides if "=" not in a]
@@ -91,6 +108,18 @@ def _run_step(name: str, args: list[str]) -> int:
         return 0
     step_runner(name)(cfg)
     return 0
+
+
+def version_line() -> str:
+    """``mela --version``: mela's version, torch's, and the device ``device=auto`` picks."""
+    import torch
+
+    from mela._version import __version__
+    from mela.device import pick_device
+
+    device = pick_device("auto")
+    where = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+    return f"mela {__version__} (torch {torch.__version__}, device: {where})"
 
 
 def _workspace(args: list[str]) -> int:
@@ -146,6 +175,9 @@ def _main(args: list[str]) -> int:
         if not args or args[0] in ("-h", "--help", "help"):
             print(USAGE)
             return 0
+        if args[0] in ("-V", "--version"):
+            print(version_line())
+            return 0
         command, rest = args[0], args[1:]
         if command in STEP_COMMANDS:
             return _run_step(STEP_COMMANDS[command], rest)
@@ -159,16 +191,25 @@ def _main(args: list[str]) -> int:
             return tasks_main(rest)
         if command == "workspace":
             return _workspace(rest)
+        if command == "labels":
+            from mela.labels_cli import main as labels_main
+
+            return labels_main(rest)
         if command == "report":
             from mela.reporting.report import main as report_main
 
             return report_main(rest)
+        if command in ("predict", "embed", "export"):
+            from mela.inference_cli import main as inference_main
+
+            return inference_main(command, rest)
         if command == "models":
             from mela.models import available_models
 
             print("\n".join(available_models()))
             return 0
-        valid = ", ".join([*STEP_COMMANDS, "data", "tasks", "workspace", "models", "report"])
+        valid = ", ".join([*STEP_COMMANDS, "data", "tasks", "workspace", "models", "report", "labels", "predict",
+                           "embed", "export"])
         raise MelaError(f"unknown command '{command}'; valid commands: {valid}")
     except MelaError as exc:
         print(f"error: {where}{exc}", file=sys.stderr)

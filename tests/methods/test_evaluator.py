@@ -147,7 +147,22 @@ def test_evaluating_inside_collection_tasks_fits_each_task_on_its_own_support_an
     # By hand: classes are 10 apart and vary by at most 2, so prototypes score every query right.
     assert result.accuracy.acc == 100.0 and result.accuracy.n_tasks == 2
     assert result.unscored_classes == 1 and result.unscored_tasks == 0
+    assert result.per_task.tolist() == [100.0, 100.0] and result.task_ids.tolist() == [0, 1]
     # The split is the seeded support_query of each task: half of each class as support, at least one.
     episode = support_query(collection, 1, np.random.default_rng([4, 1]), None)
     assert sorted(np.bincount(episode.support_labels).tolist()) == [1, 2]
     assert len(episode.query) == 3
+
+
+def test_the_per_task_accuracies_average_to_the_reported_mean_exactly_and_name_their_tasks() -> None:
+    split, features = _two_group_split()
+    shape = TaskShape(n_ways=3, n_shots=1, n_queries=4)
+    result = evaluate_features(features, split, shape, 20, PrototypeHead)
+    assert result.per_task.shape == (40,)  # 20 tasks of group "a", then 20 of group "b"
+    assert float(result.per_task.mean()) == result.overall.acc
+    assert float(result.per_task[:20].mean()) == result.per_group["a"].acc
+    other_model = evaluate_features(features + 1.0, split, shape, 20, LogisticRegressionHead)
+    assert other_model.tasks_digest == result.tasks_digest  # the same tasks for every model
+    assert evaluate_features(features, split, shape, 21, PrototypeHead).tasks_digest != result.tasks_digest
+    five_shot = TaskShape(n_ways=3, n_shots=5, n_queries=4)
+    assert evaluate_features(features, split, five_shot, 20, PrototypeHead).tasks_digest != result.tasks_digest

@@ -30,7 +30,8 @@ def compose_config(name: str, overrides: list[str] | None = None) -> DictConfig:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base=None):
             cfg = compose(config_name=name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise MelaError(f"bad setting for {name}: {_one_line(exc)} (see `{command} --help`)") from exc
+        hint = f"; to run each value, add -m: {command} -m KEY=A,B" if "Ambiguous value" in str(exc) else ""
+        raise MelaError(f"bad setting for {name}: {_one_line(exc)}{hint} (see `{command} --help`)") from exc
     cfg = strip_hydra(cfg)
     if overrides:
         check_types(default_config(name), cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,10 +52,16 @@ class Accuracy:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Overall accuracy plus one entry per sub-data set (group)."""
+    """Overall accuracy plus one entry per sub-data set (group).
+
+    ``per_task``: the accuracy (%) of every task, groups one after another (its mean is ``overall.acc``);
+    ``tasks_digest``: a hash of the tasks' items, equal exactly when two evaluations drew the same tasks.
+    """
 
     overall: Accuracy
     per_group: dict[str, Accuracy] = field(default_factory=dict)
+    per_task: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False)
+    tasks_digest: str = ""
 
 
 def mean_confidence_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -135,12 +142,17 @@ def evaluate_features(
     if is_norm:
         features = torch.nn.functional.normalize(features, dim=-1)
     per_group, all_accs = {}, []
+    digest = hashlib.sha1(repr((shape.n_ways, shape.n_shots, shape.n_queries)).encode())
     for name, tasks in evaluation_tasks(split, shape, n_tasks):
         accs = task_accuracies(features, tasks, shape.n_shots, head_factory) * 100
         per_group[name] = Accuracy(*mean_confidence_interval(accs), len(accs))
         all_accs.append(accs)
-    overall = Accuracy(*mean_confidence_interval(np.concatenate(all_accs)), sum(len(a) for a in all_accs))
-    return EvalResult(overall=overall, per_group=per_group)
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tasks, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(split.labels[tasks.reshape(-1)], dtype=np.int64).tobytes())
+    per_task = np.concatenate(all_accs)
+    overall = Accuracy(*mean_confidence_interval(per_task), len(per_task))
+    return EvalResult(overall=overall, per_group=per_group, per_task=per_task, tasks_digest=digest.hexdigest()[:16])
 
 
 def evaluate_model(
@@ -166,12 +178,15 @@ class CollectionResult:
     """Accuracy inside the tasks of a collection, and what could not be scored.
 
     ``unscored_classes``: classes of a single image (support only: there is no query image to score);
-    ``unscored_tasks``: tasks with no class of two images, left out of the mean.
+    ``unscored_tasks``: tasks with no class of two images, left out of the mean; ``per_task`` the accuracy (%) of
+    each scored task, ``task_ids`` their indices in the collection (their mean is ``accuracy.acc``).
     """
 
     accuracy: Accuracy
     unscored_classes: int
     unscored_tasks: int
+    per_task: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False)
+    task_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), compare=False)
 
 
 def evaluate_collection_features(
@@ -206,11 +221,12 @@ def evaluate_collection_features(
         outcomes.append((float((predicted == episode.query_labels).mean()) * 100, episode.unscored_classes))
     if distributed.is_distributed():
         outcomes = distributed.unshard(distributed.all_gather_object(outcomes), n_tasks)
-    accs = [acc for acc, _ in outcomes if acc is not None]
+    accs = np.array([acc for acc, _ in outcomes if acc is not None], dtype=float)
+    task_ids = np.array([i for i, (acc, _) in enumerate(outcomes) if acc is not None], dtype=np.int64)
     unscored_tasks = sum(acc is None for acc, _ in outcomes)
     unscored_classes = sum(n for _, n in outcomes)
-    return CollectionResult(Accuracy(*mean_confidence_interval(np.array(accs)), len(accs)), unscored_classes,
-                            unscored_tasks)
+    return CollectionResult(Accuracy(*mean_confidence_interval(accs), len(accs)), unscored_classes,
+                            unscored_tasks, accs, task_ids)
 
 
 def evaluate_collection(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 from omegaconf import DictConfig
 
 from mela import distributed
@@ -21,7 +23,9 @@ from mela.engine.precision import Compute, ComputeSettings
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_collection, evaluate_model
 from mela.models.feature_model import FeatureModel, check_feat_dim
+from mela.reporting.columns import row_column
 from mela.runs.store import Run, RunSettings, RunStore, start_run
+from mela.runs.task_results import HELD_OUT_SCHEME, PER_TASK_FILE, SHOT_SCHEME, write_per_task
 from mela.workspace import data_dir
 
 STEP = "meta_eval"
@@ -140,7 +144,12 @@ def run(settings: MetaEvalSettings, dataset: Dataset | TaskDataset | None = None
             rows += _shot_rows(run, settings, data, normalised_as, model, compute)
         if other is not None:
             rows += _shot_rows(run, settings, other, normalised_as, model, compute, column_prefix=f"{other.name} ")
-        run.write_json("results.json", {"model": str(path), "rows": rows})
+        if distributed.is_main():  # every task's accuracy, so that models evaluated on the same tasks can be paired
+            write_per_task(run.run_dir / PER_TASK_FILE, {row_column(r): r.pop("per_task") for r in rows})
+        else:
+            for r in rows:
+                r.pop("per_task")
+        run.write_json("results.json", {"model": str(path), "rows": rows, "per_task": PER_TASK_FILE})
         return run.finish({"model": str(path), "rows": rows})
 
 
@@ -162,7 +171,11 @@ def _shot_rows(run: Run, settings: MetaEvalSettings, data: Dataset, normalised_a
     for shape, result in zip(settings.shapes, results, strict=True):
         row = {"shots": shape.n_shots, "acc": result.overall.acc, "ci": result.overall.ci,
                "tasks": result.overall.n_tasks,
-               "per_group": {g: {"acc": a.acc, "ci": a.ci} for g, a in result.per_group.items()}}
+               "per_group": {g: {"acc": a.acc, "ci": a.ci} for g, a in result.per_group.items()},
+               "task_set": {"dataset": data.identity, "split": settings.split, "n_ways": shape.n_ways,
+                            "n_shots": shape.n_shots, "n_queries": shape.n_queries, "n_tasks": settings.n_tasks,
+                            "scheme": SHOT_SCHEME, "digest": result.tasks_digest},
+               "per_task": result.per_task}
         if column_prefix:
             row.update(column=f"{column_prefix}{shape.n_shots}-shot", on=data.name)
         rows.append(row)
@@ -188,5 +201,9 @@ def _held_out_row(run: Run, settings: MetaEvalSettings, data: TaskDataset, model
         left_out.append(f"{result.unscored_tasks} tasks without a class of two images left out")
     run.log(f"held-out tasks ({held_out.n_tasks} of the collection, each evaluated inside itself): {acc.acc:.2f} ± "
             f"{acc.ci:.2f} (95% CI, {acc.n_tasks} tasks)" + (f"; {', '.join(left_out)}" if left_out else ""))
+    task_ids = hashlib.sha1(np.ascontiguousarray(result.task_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
     return {"shots": None, "column": HELD_OUT_COLUMN, "acc": acc.acc, "ci": acc.ci, "tasks": acc.n_tasks,
-            "unscored_classes": result.unscored_classes, "unscored_tasks": result.unscored_tasks}
+            "unscored_classes": result.unscored_classes, "unscored_tasks": result.unscored_tasks,
+            "task_set": {"dataset": data.identity, "split": "test", "n_tasks": held_out.n_tasks,
+                         "seed": settings.run.seed, "scheme": HELD_OUT_SCHEME, "digest": task_ids},
+            "per_task": result.per_task}

@@ -26,6 +26,7 @@ from mela.models.registry import check_model_name
 from mela.reporting.columns import columns_of, row_column
 from mela.runlock import RunLock
 from mela.runs.store import RunSettings, RunStore, check_reuse
+from mela.runs.task_results import PER_TASK_FILE, model_tasks, write_per_task
 from mela.steps import fine_tune, learn_labeler, learn_meta_repr, meta_eval, sup_baseline
 from mela.workspace import data_dir, init_workspace, saves_dir, workspace_root
 
@@ -140,7 +141,7 @@ def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset | Task
             continue
         print(f"[pipeline] {step} ...")
         outcomes[step] = step_run(settings.steps[step], data)
-    rows = []
+    rows, per_task, task_sets = [], {}, {}
     for label, step in EVALUATED:
         if step not in steps:
             continue
@@ -151,14 +152,19 @@ def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset | Task
             done = meta_eval.run(evaluation, data, other)
         rows += [{"model": label, **{k: r[k] for k in ("shots", "column", "acc", "ci") if k in r}}
                  for r in done["rows"]]
+        arrays, tasks = model_tasks(label, done)
+        per_task.update(arrays)
+        task_sets.update(tasks)
     labeler = outcomes["learn_labeler"].get("labeler")
     if labeler is None:
         raise MelaError(f"the learn_labeler run of {run_name} has no labeler summary; delete it and rerun")
     results = {"dataset": settings.dataset.name, "model": settings.model, "run_name": run_name, "rows": rows,
-               "labeler": labeler, "seconds": round(time.time() - started, 1)}
+               "labeler": labeler, "seconds": round(time.time() - started, 1), "task_sets": task_sets}
     path = pipeline_dir / "results.json"
     if not distributed.is_main():
         return {**results, "path": str(path)}
+    if per_task:  # every test task's accuracy per model and column, for paired comparisons (mela.experiments)
+        results["per_task"] = write_per_task(pipeline_dir / PER_TASK_FILE, per_task).name
     write_json_atomic(path, results)
     report_paths = write_pipeline_report(pipeline_dir, results, settings.plots)
     print()
