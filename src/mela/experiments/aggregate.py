@@ -24,8 +24,11 @@ from mela.errors import MelaError
 from mela.jsonio import read_json, write_json_atomic
 from mela.methods.paired import mean_sd, paired_difference, pooled_difference, t_interval
 from mela.reporting.columns import columns_of, row_column
+from mela.reporting.sections import Image, Section, Table, read_config
 from mela.runs.store import NOT_DEFINING
 from mela.runs.task_results import PER_TASK_FILE, read_per_task
+
+SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep.md"  # in a sweep's folder: the record and its table
 
 # Keys that never make two runs "different settings": the seed is what a group aggregates over, the model
 # reference of a meta_eval run is what it compares.
@@ -64,7 +67,6 @@ def _flat(config: Mapping, prefix: str = "") -> dict[str, object]:
 
 
 def _config(path: Path) -> dict:
-    from mela.reporting.report import read_config
 
     return read_config(path / "config.yaml")
 
@@ -309,7 +311,6 @@ def plot_name(key: str) -> str:
 
 def aggregate_sections(agg: Mapping, plots_dir: Path | None) -> list:
     """The aggregate as report sections (tables, and a plot per varying setting when ``plots_dir``)."""
-    from mela.reporting.report import Image, Section, Table
 
     section = Section("Aggregate over seeds and paired comparisons")
     for title, header, rows in aggregate_tables(agg):
@@ -329,7 +330,6 @@ def write_aggregate(sweep_dir: Path, record: dict, run_dirs: Sequence[Path], say
                     plots: bool = True) -> list[Path]:
     """Aggregate the sweep's runs into ``record`` (then ``sweep.json``) and write ``sweep.md`` (and the plots);
     prints the tables; returns the paths written besides sweep.json."""
-    from mela.experiments.sweep import SWEEP_JSON, SWEEP_MD
 
     units = units_of(run_dirs)
     agg = aggregate(units) if units else None
@@ -357,7 +357,6 @@ def write_aggregate(sweep_dir: Path, record: dict, run_dirs: Sequence[Path], say
 
 def check_sweep_folder(path: Path) -> list[Path]:
     """The run folders of a sweep folder's jobs (for ``mela report SWEEP``)."""
-    from mela.experiments.sweep import SWEEP_JSON
 
     record = read_json(path / SWEEP_JSON)
     if not isinstance(record, dict) or not isinstance(record.get("jobs"), list):

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from mela import distributed
 from mela.errors import MelaError
+from mela.experiments.aggregate import SWEEP_JSON, write_aggregate
 from mela.experiments.overrides import SweepJob, SweepSpec, parse_sweep
 from mela.jsonio import read_json, write_json_atomic
 from mela.runs.store import RunStore, check_run_name
 
 SWEEPS = "sweeps"
-SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep.md"
 DEFAULT_MAX_JOBS = 100
 
 
@@ -173,7 +173,6 @@ def _read_previous(path: Path) -> dict:
 def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print) -> dict:
     """Run (or resume) every job, then write ``sweep.json`` and ``sweep.md`` with the aggregate; returns the
     sweep record plus its ``path``."""
-    from mela.experiments.aggregate import write_aggregate
     from mela.runlock import RunLock
 
     ready = prepare_jobs(plan)  # every job checked before the first one runs

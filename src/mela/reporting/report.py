@@ -18,10 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from mela.errors import MelaError
 from mela.reporting.columns import columns_of, row_column
+from mela.reporting.sections import Image, Raw, Section, Table, read_config
 
 SAVES = Path("checkpoint") / "label_learn" / "saves"
 PIPELINE = "pipeline"
@@ -80,13 +79,6 @@ def _read_json(path: Path) -> dict | list | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise MelaError(f"{path} is not valid JSON ({exc.msg}); delete the file or rerun its step") from exc
-
-
-def read_config(path: Path) -> dict:
-    """A run's config.yaml as plain nested dicts ({} when absent)."""
-    if not path.is_file():
-        return {}
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
 
 
 def wall_seconds(log_lines: Sequence[str], finished: str | None = None) -> float | None:
@@ -289,32 +281,6 @@ def _shots_of(rows: Iterable[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------- document model and rendering
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Image:
-    path: Path
-    caption: str
-
-
-@dataclass
-class Raw:
-    """Ready HTML (well-formed) and its Markdown stand-in, e.g. a learn_labeler run's gallery."""
-
-    html: str
-    markdown: str
-
-
-@dataclass
-class Section:
-    title: str
-    items: list[Table | Image | Raw | str] = field(default_factory=list)
 
 
 def _md_cell(text: str) -> str:
