@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from mela.errors import MelaError
-from mela.methods.global_labels import GlobalLabels, infer_global_labels
+from mela.methods.global_labels import GlobalLabeler, GlobalLabels, infer_global_labels
 from mela.methods.labeler import LabelerConfig, RaggedFeatures
 from tests.conftest import recurring_tasks
 
@@ -157,3 +157,14 @@ def test_features_with_nan_or_infinity_get_one_line_naming_how_many() -> None:
     ragged.items[[0, 5]] = np.inf
     with pytest.raises(MelaError, match=f"2 of {len(ragged.items)} image features"):
         infer_global_labels(ragged, LabelerConfig(K=40))
+
+
+def test_global_labeler_estimator_gives_the_results_of_infer_global_labels() -> None:
+    features, _ = _ragged_pile(11)
+    labels = infer_global_labels(features, LabelerConfig(K=40))
+    estimator = GlobalLabeler(K=40).fit(features)
+    assert estimator is not None and estimator.passes_ == labels.passes
+    np.testing.assert_array_equal(estimator.centroids_, labels.centroids)
+    np.testing.assert_array_equal(estimator.assigned_, labels.assigned)
+    np.testing.assert_array_equal(estimator.predict(features), labels.assigned)
+    assert estimator.diagnostics_["warning"] == labels.diagnostics["warning"]

@@ -38,9 +38,7 @@ from mela.methods.labeler import (
     matched_distinct,
     member_means,
     merge_candidates,
-    merge_close_centroids,
     merge_indistinguishable,
-    merge_statistic,
     nearest_centroids,
     nearest_distinct,
     paired_sq_distances,
@@ -52,6 +50,8 @@ from mela.methods.labeler import (
     task_keys,
     with_singletons,
 )
+from mela.methods.labeler import fit as labeler_fit
+from mela.methods.labeler import merge as labeler_merge
 from tests.conftest import recurring_tasks
 
 N_CLASSES, DIM, ITEMS_PER_CLASS, N_WAYS = 30, 16, 100, 5
@@ -342,39 +342,6 @@ def test_cooccurrence_marks_both_directions_of_each_kept_tasks_centroid_pairs() 
     np.testing.assert_array_equal(cooccurrence(assigned, 4), expected)
 
 
-def test_merge_close_centroids_merges_a_close_pair_into_its_count_weighted_mean() -> None:
-    centroids = np.array([[0.0, 0.0], [0.4, 0.0], [10.0, 0.0]])
-    counts = np.array([1.0, 3.0, 2.0])
-    merged, merged_counts = merge_close_centroids(centroids, counts, np.zeros((3, 3), dtype=bool), radius=1.0)
-    np.testing.assert_allclose(merged, [[0.3, 0.0], [10.0, 0.0]])  # (1*0 + 3*0.4) / 4 = 0.3
-    np.testing.assert_array_equal(merged_counts, [4.0, 2.0])
-    np.testing.assert_array_equal(centroids[1], [0.4, 0.0])  # inputs untouched
-
-
-def test_merge_close_centroids_keeps_a_close_pair_apart_when_one_task_used_both() -> None:
-    centroids = np.array([[0.0, 0.0], [0.4, 0.0], [10.0, 0.0]])
-    counts = np.array([1.0, 3.0, 2.0])
-    apart = np.zeros((3, 3), dtype=bool)
-    apart[0, 1] = apart[1, 0] = True
-    merged, merged_counts = merge_close_centroids(centroids, counts, apart, radius=1.0)
-    np.testing.assert_array_equal(merged, centroids)
-    np.testing.assert_array_equal(merged_counts, counts)
-
-
-def test_merge_close_centroids_never_builds_a_group_containing_an_apart_pair() -> None:
-    centroids = np.array([[0.0], [0.4], [1.0]])
-    counts = np.ones(3)
-    together, together_counts = merge_close_centroids(centroids, counts, np.zeros((3, 3), dtype=bool), radius=0.9)
-    # 0 and 0.4 merge first (closest) into 0.2 with count 2; 1.0 is then 0.8 away: merged into (2*0.2 + 1)/3.
-    np.testing.assert_allclose(together, [[1.4 / 3]])
-    np.testing.assert_array_equal(together_counts, [3.0])
-    apart = np.zeros((3, 3), dtype=bool)
-    apart[0, 2] = apart[2, 0] = True
-    separate, separate_counts = merge_close_centroids(centroids, counts, apart, radius=0.9)
-    np.testing.assert_allclose(separate, [[0.2], [1.0]])
-    np.testing.assert_array_equal(separate_counts, [2.0, 1.0])
-
-
 def test_labeler_config_rejects_unknown_modes_and_non_positive_k() -> None:
     with pytest.raises(MelaError, match="valid modes: improved, reference"):
         LabelerConfig(mode="kmeans")
@@ -434,16 +401,6 @@ def test_effective_dimension_counts_the_dimensions_the_noise_spans() -> None:
     # Variances 4, 1, 1: (4 + 1 + 1)^2 / (16 + 1 + 1) = 2.
     skew = rng.normal(size=(20000, 3)) * np.array([2.0, 1.0, 1.0])
     assert effective_dimension(skew, 20000) == pytest.approx(2.0, rel=0.05)
-
-
-def test_merge_statistic_is_the_squared_distance_over_the_noise_of_two_means_of_one_class() -> None:
-    centroids = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]])
-    counts = np.array([4.0, 2.0, 0.0])
-    z = merge_statistic(centroids, counts, key_distance=2.0)
-    # Noise of a mean of a keys: s^2 / (2a) = 2 / a. (0,1): 9 / (0.5 + 1) = 6; (0,2): 1 / (0.5 + 2) = 0.4.
-    assert z[0, 1] == pytest.approx(6.0)
-    assert z[0, 2] == pytest.approx(0.4)
-    assert z[1, 2] == pytest.approx(10.0 / 3.0)
 
 
 def test_merge_indistinguishable_merges_within_noise_and_keeps_pairs_different_classes_reach() -> None:
@@ -855,7 +812,7 @@ def _merge_case(kind: str, seed: int) -> tuple:
 
 @pytest.mark.parametrize("kind", ["near_duplicates", "grid_ties", "apart_blocks", "guarded"])
 def test_sparse_merge_makes_the_dense_merges_to_the_bit_on_seeded_piles(monkeypatch, kind: str) -> None:
-    monkeypatch.setattr(labeler, "CHUNK_ENTRIES", 200)  # blocks of a few rows: the radius query's seams matter
+    monkeypatch.setattr(labeler_merge, "CHUNK_ENTRIES", 200)  # blocks of a few rows: the radius query's seams matter
     for seed in range(5):
         centroids, counts, apart, settings = _merge_case(kind, seed)
         (dense, dense_counts, dense_groups), (sparse, sparse_counts, sparse_groups) = _merge_both_ways(
@@ -922,7 +879,8 @@ def test_fit_centroids_gives_the_same_clustering_with_sparse_and_dense_merges(mo
     for pile in (features, one_image):
         fits = {}
         for limit in (0, 10**9):  # every merge sparse / every merge dense
-            monkeypatch.setattr(labeler, "DENSE_MERGE_MAX", limit)
+            monkeypatch.setattr(labeler_fit, "DENSE_MERGE_MAX", limit)
+            monkeypatch.setattr(labeler_merge, "DENSE_MERGE_MAX", limit)
             fits[limit] = cluster_features(pile, LabelerConfig(K=200))
         assert sum(p["merged"] for p in fits[0].passes) > 20
         _assert_same(fits[0].passes, fits[10**9].passes)

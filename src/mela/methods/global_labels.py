@@ -23,6 +23,7 @@ from mela.methods.labeler import (
     as_task_keys,
     cluster_features,
     clustering_report,
+    get_mode,
     key_diagnostics,
     key_distances,
     key_spread,
@@ -183,7 +184,7 @@ def infer_global_labels(
     assigned = label_tasks(keys, centroids, config.mode, device=device)
     offsets = keys.offsets if isinstance(keys, TaskKeys) else None
     diagnostics = key_diagnostics(keys, centroids, spread, device=device)
-    if fitted and config.mode == "improved" and config.count_check:
+    if fitted and get_mode(config.mode).count_check and config.count_check:
         check = count_sensitivity(features, keys, config, assigned, device)
         if check is not None:
             diagnostics["count_check"] = check
@@ -245,3 +246,28 @@ def pile_features(
     used, inverse = np.unique(rows, return_inverse=True)
     features = extract_features(model, split.images[used], mean, std, device).numpy()
     return features[inverse.reshape(rows.shape)]
+
+
+class GlobalLabeler:
+    """Infer global classes from a pile of task features (the labeler's functions, wrapped).
+
+    Keyword arguments are :class:`LabelerConfig`'s (``K``, ``mode``, ``std_factor``, ...); ``device``: where the
+    distances are computed (None or a CPU: NumPy). After :meth:`fit`: ``centroids_`` (K, d), ``passes_`` (what
+    each pass did), ``diagnostics_`` (label-free reliability) and ``assigned_`` (the fitted pile's labels).
+    """
+
+    def __init__(self, device: torch.device | None = None, **settings) -> None:
+        self.config = LabelerConfig(**settings)
+        self.device = device
+
+    def fit(self, features: np.ndarray | RaggedFeatures) -> GlobalLabeler:
+        """Cluster the pile's keys (``infer_global_labels``) and keep the centroids; returns self."""
+        labels = infer_global_labels(features, self.config, device=self.device)
+        self.centroids_, self.passes_, self.diagnostics_ = labels.centroids, labels.passes, labels.diagnostics
+        self.assigned_ = labels.assigned
+        return self
+
+    def predict(self, features: np.ndarray | RaggedFeatures) -> np.ndarray:
+        """Global class of each task class (``label_tasks`` with the fitted centroids): (T, n_ways) or flat."""
+        device = None if self.device is None or self.device.type == "cpu" else self.device
+        return label_tasks(task_keys(features), self.centroids_, self.config.mode, device=device)
