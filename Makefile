@@ -36,7 +36,7 @@ demo: $(VENV)/.installed
 	$(MELA) pipeline
 
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks tools *.py

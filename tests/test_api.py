@@ -25,6 +25,7 @@ def readme_python_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs_and_prints_clusters_and_accuracies(workspace, capsys):
     exec(compile(readme_python_example(), "README.md", "exec"), {})  # noqa: S102 - our own README
     out = capsys.readouterr().out.splitlines()
@@ -112,6 +113,7 @@ def test_bad_api_inputs_are_one_line_errors(synthetic_dataset, workspace):
         mela.create_model("resnet13")
 
 
+@pytest.mark.slow
 def test_tasks_from_python_pairs_train_label_pretrain_and_evaluate_inside_held_out_tasks(workspace):
     from tests.conftest import make_synthetic_split
 

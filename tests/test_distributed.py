@@ -86,6 +86,8 @@ def test_a_bad_process_group_timeout_is_one_line(monkeypatch):
 # Two processes
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_two_processes_evaluate_a_fixed_model_exactly_as_one_and_refuse_three_tasks_per_step(tmp_path):
     data = [f"custom_path={tmp_path / 'missing.npz'}"]  # refused before any data is read
     out = tmp_path / "seen.json"
@@ -130,6 +132,8 @@ def epoch_values(log: str, key: str) -> list[float]:
     return [float(v) for v in re.findall(rf"\| epoch \d+/\d+ .* {key}=([\d.]+)", log)]
 
 
+@pytest.mark.ddp
+@pytest.mark.slow
 def test_the_pipeline_under_two_processes_resumes_after_a_kill_covers_every_task_and_agrees_with_one(tmp_path):
     npz, split = write_glyph_slice(tmp_path)
     args = ["-m", "mela.cli", "pipeline", "dataset=custom", f"custom_path={npz}", f"custom_split={split}",

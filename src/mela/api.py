@@ -96,9 +96,11 @@ def load_dataset(name: str = "glyphs", split: str = "train", **options: object) 
     return open_dataset(name, **options).split(split)
 
 
-def create_model(name: str = "convnet4", in_channels: int = 3, *, residual_mlp: bool = False) -> FeatureModel:
-    """A fresh feature model: images (B, C, H, W) -> features (B, ``model.feat_dim``). ``mela models`` lists names."""
-    return build_model(name, in_channels, None, residual_mlp)
+def create_model(name: str = "convnet4", in_channels: int = 3, *, residual_mlp: bool = False,
+                 **options: object) -> FeatureModel:
+    """A fresh feature model: images (B, C, H, W) -> features (B, ``model.feat_dim``). ``mela models`` lists names;
+    ``options`` go to the backbone (a config's ``model_options``), e.g. ``create_model("convnet4", 1, hidden=32)``."""
+    return build_model(name, in_channels, None, residual_mlp, options)
 
 
 def load_model(path: str | Path, device: DeviceLike = None, *, workspace: str | None = None) -> FeatureModel:

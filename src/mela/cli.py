@@ -204,9 +204,11 @@ def _main(args: list[str]) -> int:
 
             return inference_main(command, rest)
         if command == "models":
-            from mela.models import available_models
+            from mela.models import available_models, model_info
 
-            print("\n".join(available_models()))
+            names = available_models()
+            width = max(map(len, names), default=0)
+            print("\n".join(f"{name:<{width}}  {model_info(name).description}".rstrip() for name in names))
             return 0
         valid = ", ".join([*STEP_COMMANDS, "data", "tasks", "workspace", "models", "report", "labels", "predict",
                            "embed", "export"])

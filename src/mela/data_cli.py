@@ -160,7 +160,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from mela.data.packed import pack_dataset
+    from mela.data.pack import pack_dataset
 
     pack_dataset(args.name, data_dir(_workspace(args)))
     return 0

@@ -15,7 +15,8 @@ import torch
 
 from mela.data import glyphs
 from mela.data.base import ImageSplit
-from mela.data.packed import pack_dataset, packed_folder
+from mela.data.pack import pack_dataset
+from mela.data.packed import packed_folder
 from mela.data.registry import _load, get_dataset_spec, load_split
 from mela.device import place_images
 from mela.errors import MelaError

@@ -10,12 +10,10 @@ import pytest
 from PIL import Image
 
 from mela.data.tasks import (
-    class_means,
     from_pairs,
     load_folder,
     load_manifest,
     load_tasks,
-    split_holdout,
     support_query,
     tasks_holdout,
 )
@@ -224,7 +222,8 @@ def test_the_held_out_split_is_a_seeded_tenth_disjoint_and_covering() -> None:
 
 def test_a_held_out_subset_keeps_its_tasks_exactly_and_can_compact_its_images(tmp_path: Path) -> None:
     c = load_folder(write_folder(tmp_path))
-    train, held = split_holdout(c, 0.5, seed=0)
+    kept, held_out = tasks_holdout(c.n_tasks, 0.5, seed=0)
+    train, held = c.subset(kept), c.subset(held_out)
     assert sorted(train.task_ids + held.task_ids) == sorted(c.task_ids)
     for part in (train, held):
         t = c.task_ids.index(part.task_ids[0])
@@ -247,9 +246,3 @@ def test_support_query_splits_inside_each_class_and_counts_single_image_classes(
     single = from_pairs([(PIXELS[:2], ["a", "b"])])
     assert support_query(single, 0, np.random.default_rng(0)) is None
 
-
-def test_class_means_average_each_task_class_features_like_a_loop(tmp_path: Path) -> None:
-    c = load_folder(write_folder(tmp_path))
-    features = np.random.default_rng(0).normal(size=(len(c.images), 4))
-    expected = [features[rows].mean(0) for t in range(c.n_tasks) for rows in c.task_classes(t)]
-    assert np.allclose(class_means(c, features), np.stack(expected))

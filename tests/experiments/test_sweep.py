@@ -24,6 +24,7 @@ def run_folders(workspace: Path) -> set[Path]:
     return {p for step in saves.iterdir() if step.name != "sweeps" for p in step.iterdir() if p.is_dir()}
 
 
+@pytest.mark.slow
 def test_a_two_seed_sweep_makes_two_runs_one_aggregate_and_a_rerun_makes_no_new_run(tmp_path, workspace, capsys):
     npz, split = write_glyph_slice(tmp_path)
     args = ["pipeline", "-m", "seed=0,1", "dataset=custom", f"custom_path={npz}", f"custom_split={split}",

@@ -81,3 +81,27 @@ def test_feat_dim_follows_the_model_and_a_contradiction_is_refused():
     assert build_model("convnet4", 1, 64).feat_dim == 64
     with pytest.raises(MelaError, match="feat_dim=640 contradicts model convnet4"):
         build_model("convnet4", 1, 640)
+
+
+def test_every_model_has_its_metadata_and_mela_models_prints_name_and_description(capsys) -> None:
+    from mela.cli import main
+    from mela.models import model_info
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == BUILTIN
+    for name, line in zip(BUILTIN, lines, strict=True):
+        info = model_info(name)
+        assert info.description and line.endswith(info.description)
+    assert model_info("convnet4").channels_last_cpu and model_info("convnet4").min_size == 16
+    assert not model_info("residual_mlp").channels_last
+    assert all(model_info(n).channels_last for n in BUILTIN if n != "residual_mlp")
+    with pytest.raises(MelaError, match="unknown model 'nope'; valid names: convnet4, "):
+        model_info("nope")
+
+
+def test_metadata_other_than_the_known_fields_is_refused(scratch_registry: None) -> None:
+    with pytest.raises(TypeError):
+        register_model("odd", colour="blue")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="channels_last_cpu needs channels_last"):
+        register_model("odd", channels_last_cpu=True)

@@ -156,6 +156,7 @@ def collection_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_on_a_task_collection_the_pipeline_trains_an_unedited_file_bit_identically(collection_dir, workspace,
                                                                                     capsys) -> None:
     assert main(pipeline_args(collection_dir, "tk")) == 0

@@ -75,6 +75,7 @@ def test_the_pipeline_on_a_task_collection_writes_global_labels_and_held_out_row
     assert capsys.readouterr().out.count("already finished") == 4
 
 
+@pytest.mark.slow
 def test_without_truth_the_oracle_is_skipped_the_labeler_is_not_scored_and_eval_dataset_adds_rows(
         collection_dir, synthetic_dataset, tmp_path, workspace, capsys) -> None:
     bare = tmp_path / "bare"

@@ -23,6 +23,7 @@ def compose_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     """The resolved config ``name`` with ``key=value`` overrides; bad overrides are one-line errors."""
     overrides = list(overrides or [])
     command = f"mela {name.replace('_', '-')}"
+    overrides = [_add_to_options(o) for o in overrides]
     if name.startswith("pipeline"):
         overrides = [_add_to_step_section(o, default_config(name)) for o in overrides]
         command = f"mela pipeline --config-name {name}"
@@ -36,6 +37,16 @@ def compose_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     if overrides:
         check_types(default_config(name), cfg)
     return cfg
+
+
+def _add_to_options(override: str) -> str:
+    """``model_options.hidden=32`` or ``model_options={hidden: 32}``: the (empty by default) mapping gets the key.
+
+    The model's factory checks the key when the config is read (:func:`mela.config.readers.read_model_options`).
+    """
+    if override.startswith(("model_options.", "model_options=")):
+        return "++" + override
+    return override
 
 
 STEP_SECTIONS = ("learn_meta_repr", "learn_labeler", "fine_tune", "sup_baseline", "meta_eval")
@@ -90,6 +101,8 @@ def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
             ok = True  # false (none) or a model reference
         if key in AUTO_FLAGS and isinstance(value, (bool, str)):
             ok = True  # progress=true, as before auto existed
+        if key == "model_options":
+            continue  # any mapping; its reader checks it against the model's factory
         if key == "precision" and isinstance(value, bool):
             ok = True  # the reader refuses it, listing the valid values
         if not ok:
@@ -118,12 +131,14 @@ def apply(cfg: DictConfig, values: dict, where: str = "") -> DictConfig:
 PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "tensorboard", "plots", "dataset", "n_ways", "n_shots",
                    "n_queries", "hflip", "aug_crop", "aug_pad_mode", "aug_jitter", "custom_path", "custom_split",
                    "image_size", "tasks_path", "tasks_truth", "skip_bad_tasks", "tasks_holdout", "tasks_val",
-                   "eval_dataset", "precision", "channels_last")
+                   "eval_dataset", "precision", "channels_last", "model_options")
 
 
 def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:
     """Step ``step``'s own config, overlaid with the pipeline's shared keys, its section and ``extra``."""
     base = compose_config(step)
+    if "model_options" in base:
+        OmegaConf.set_struct(base.model_options, False)  # its keys are the model's options, checked when read
     shared = {k: cfg[k] for k in PIPELINE_SHARED if k in base and k in cfg}
     if "val_n_ways" in base:
         shared["val_n_ways"] = cfg.n_ways

@@ -60,6 +60,23 @@ def read_feat_dim(cfg: DictConfig) -> int | None:
     return None if value in (None, "null") else int(value)
 
 
+def read_model_options(cfg: DictConfig, model_key: str = "model") -> dict:
+    """``model_options``: keyword options for the backbone ``cfg[model_key]`` builds, checked against its factory
+    (an unknown option is a one-line error listing the valid ones); ``{}`` keeps the factory's defaults."""
+    from mela.models.registry import check_model_options
+
+    value = cfg.get("model_options")
+    if value is None:
+        return {}
+    options = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    if not isinstance(options, dict):
+        raise MelaError(f"model_options must be a mapping such as {{hidden: 32}}, got {options!r}")
+    if "in_channels" in options:
+        raise MelaError("model_options cannot set in_channels: it follows from the data's images")
+    check_model_options(str(cfg[model_key]), options)
+    return options
+
+
 def read_shape(cfg: DictConfig) -> TaskShape:
     for key in ("n_ways", "val_n_ways"):
         if key in cfg and int(cfg[key]) < 2:

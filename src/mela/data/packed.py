@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mela.data.base import DatasetSpec, ImageSplit
+from mela.data.npy import read_npy
 from mela.errors import MelaError
 from mela.jsonio import write_json_atomic
 
@@ -99,8 +100,6 @@ def _note(spec: DatasetSpec, split: str, folder: Path, why: str) -> None:
 def load_packed(spec: DatasetSpec, split: str, data_dir: Path) -> ImageSplit | None:
     """The packed ``split`` of ``spec`` with its images memory-mapped read-only, or None when there is no
     consistent pack (a stale or damaged one is noted once on stderr)."""
-    from mela.data.seed_datasets import read_npy  # the loader mini60 / tiered780 map their images with
-
     folder = packed_folder(data_dir, spec.name)
     images_path, arrays_path, _ = split_paths(folder, split)
     state, why, meta = _read_stamp(spec, split, data_dir)
@@ -192,31 +191,3 @@ def _write_atomic(path: Path, write: Callable) -> None:
         tmp.unlink(missing_ok=True)
         raise MelaError(f"cannot write {path} ({exc.strerror or exc}); check free disk space and that {path.parent} "
                         "is a writable folder") from exc
-
-
-def pack_dataset(name: str, data_dir: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """Write every split of workspace data set ``name`` (any supported format) as a pack; returns the files.
-
-    Each split is read from its original files, never from an older pack, and stamped before it is read.
-    """
-    from mela.data.registry import _load, get_dataset_spec, workspace_datasets
-
-    valid = workspace_datasets()
-    if name not in valid:
-        raise MelaError(f"cannot pack '{name}': not a workspace data set; valid names: {', '.join(valid)}")
-    spec = get_dataset_spec(name)
-    folder = packed_folder(data_dir, name)
-    written = []
-    for split in spec.splits:
-        stamp = source_stamp(spec, data_dir, split)
-        data = _load(spec, split, Path(data_dir), use_pack=False)  # a missing file fails here, before any write
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise MelaError(f"cannot create {folder} ({exc.strerror or exc}); set WORKSPACE to a writable "
-                            "folder") from exc
-        paths = write_split(folder, split, data, stamp)
-        written += paths
-        log(f"{name} {split}: {len(data.images)} images of {'x'.join(map(str, data.image_shape))}, {data.n_items} "
-            f"items -> {paths[0]} ({paths[0].stat().st_size / 2**20:.1f} MiB)")
-    return written

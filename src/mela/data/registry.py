@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mela.data.base import DatasetSpec, ImageSplit
+from mela.data.packed import load_packed
 from mela.data.task_dataset import TASKS, TaskDataset, TaskSplitSettings, open_task_dataset
 from mela.errors import MelaError
 
@@ -114,8 +115,6 @@ def _load(spec: DatasetSpec, split: str, data_dir: Path, use_pack: bool = True) 
     if split not in spec.splits:
         raise MelaError(f"data set '{spec.name}' has no split '{split}'; it has {', '.join(spec.splits)}")
     if use_pack:  # a consistent `mela data pack` copy is memory-mapped instead of reading the files
-        from mela.data.packed import load_packed
-
         packed = load_packed(spec, split, Path(data_dir))
         if packed is not None:
             return packed

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mela.data.base import DatasetSpec, ImageSplit
+from mela.data.npy import read_npy
 from mela.data.registry import register_dataset
 from mela.data.safe_pickle import UnsafePickleError, safe_load
 from mela.errors import MelaError
@@ -83,32 +83,6 @@ def read_pickle(path: Path) -> Any:
     except OSError as exc:
         raise MelaError(f"cannot read {path} ({exc.strerror or exc}); check its permissions") from exc
     except _PICKLE_DAMAGE as exc:
-        raise MelaError(f"{path} is unreadable or corrupt ({type(exc).__name__}: {exc}); get the file again") from exc
-
-
-def read_npy(path: Path, key: str | None = None, mmap: bool = False, read_only: bool = False) -> np.ndarray:
-    """Load an .npy file (memory-mapped with ``mmap``), or array ``key`` of an .npz file; failures name the file.
-
-    Memory-mapping (copy-on-write: the array is writable, the file never changes) lets tiered780's
-    multi-gigabyte image array be used without reading it all into RAM. ``read_only`` maps it read-only
-    instead (packed data sets): every process reading the file shares the same page-cache pages.
-    """
-    mode = ("r" if read_only else "c") if mmap and key is None else None
-    try:
-        loaded = np.load(path, allow_pickle=False, mmap_mode=mode)
-        if key is None:
-            if not isinstance(loaded, np.ndarray):
-                raise ValueError("expected an .npy array")
-            return loaded
-        with loaded:
-            if key not in loaded.files:
-                raise MelaError(f"{path} has no array '{key}' (it has {', '.join(loaded.files) or 'none'})")
-            return loaded[key]
-    except MelaError:
-        raise
-    except FileNotFoundError as exc:
-        raise MelaError(f"{path} is missing") from exc
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise MelaError(f"{path} is unreadable or corrupt ({type(exc).__name__}: {exc}); get the file again") from exc
 
 

@@ -257,12 +257,17 @@ def check_architecture(model: FeatureModel, name: str, path: Path) -> None:
 
 
 def initial_model(start: Path | None, name: str, in_channels: int, feat_dim: int | None, device: torch.device,
-                  log: Callable[[str], None]) -> FeatureModel:
-    """The model a training step starts from: a saved one (``pretrained_model``) or a fresh ``name``."""
+                  log: Callable[[str], None], options: Mapping[str, object] | None = None) -> FeatureModel:
+    """The model a training step starts from: a saved one (``pretrained_model``) or a fresh ``name`` built with
+    the backbone ``options`` (``model_options``), which a saved model must then agree with."""
     if start is None:
-        return build_model(name, in_channels, feat_dim)
+        return build_model(name, in_channels, feat_dim, backbone_options=options)
     model, _ = load_feature_model(start, device)
     check_architecture(model, name, start)
+    saved = {k: v for k, v in model.spec.backbone_kwargs.items() if k != "in_channels"}
+    if options and dict(options) != saved:
+        raise MelaError(f"{start} was built with model_options {saved} but model_options={dict(options)}; "
+                        "drop model_options or set them to the saved model's")
     log(f"starting from {start}")
     check_feat_dim(feat_dim, model)
     return model

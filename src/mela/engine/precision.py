@@ -20,70 +20,24 @@ train_throughput_cpu*.json``; a 2-core AMD EPYC with AVX2 only, shared with othe
 - channels_last on the CPU, fp32, median of 11 calls: convnet4 at 32 px 117 -> 125 images/s (1.07x, episodic) and
   108 -> 125 (1.16x, supervised); on 1-channel (glyph) input 1.09x and 1.08x (the issue's quick check of the
   bare forward + backward + SGD step: 929 -> 1333). resnet12 at 84 px: 0.93x and 0.99x, no gain. ``auto`` turns it
-  on for the backbones measured faster (:data:`CPU_CHANNELS_LAST`). On CUDA it is on for every convolutional
-  backbone, PyTorch's advice for convolutions under autocast; not measured here: ``benchmarks/gpu_check.sh``
+  on for the backbones measured faster (registered with ``channels_last_cpu=True``). On CUDA it is on for every
+  convolutional backbone (registered with ``channels_last=True``, see :func:`mela.models.registry.model_info`),
+  PyTorch's advice for convolutions under autocast; not measured here: ``benchmarks/gpu_check.sh``
   fills those rows on a GPU machine, and :func:`channels_last_auto` should follow them.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mela.compute import FP32 as FP32  # re-exported: importers of mela.engine.precision keep it
+from mela.compute import Compute
 from mela.errors import MelaError
 
 PRECISIONS = ("auto", "fp32", "bf16")
-# Backbones whose training step measured faster in channels_last on the CPU (see the module docstring).
-CPU_CHANNELS_LAST = frozenset({"convnet4"})
-# Backbones that take (B, C, H, W) images through convolutions; others gain nothing from the layout.
-CONV_BACKBONES = frozenset({"convnet4", "resnet12", "seresnet12", "resnet18", "wrn_28_10"})
-
-
-@dataclass(frozen=True)
-class Compute:
-    """A resolved choice for one run on one device: autocast dtype and memory layout.
-
-    Attributes:
-        device_type: ``cpu`` or ``cuda`` (what autocast is entered for).
-        precision: ``fp32`` or ``bf16``.
-        channels_last: models and image batches in ``torch.channels_last`` memory format.
-    """
-
-    device_type: str = "cpu"
-    precision: str = "fp32"
-    channels_last: bool = False
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast for ``bf16``; nothing for ``fp32``."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device_type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """The model in this run's memory format (in place; parameters keep their values)."""
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-    def batch(self, x: torch.Tensor) -> torch.Tensor:
-        """An image batch (B, C, H, W) in this run's memory format."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
-    def forward(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``module(x)`` under autocast, every output cast back to float32 for the losses and solves after it."""
-        with self.autocast():
-            out = module(self.batch(x))
-        if isinstance(out, (list, tuple)):
-            return [o.float() for o in out]
-        return out.float()
-
-    def describe(self) -> str:
-        """For the run's log line: ``precision bf16, channels_last on``."""
-        return f"precision {self.precision}, channels_last {'on' if self.channels_last else 'off'}"
-
-
-FP32 = Compute()
 
 
 def check_precision(text: str) -> str:
@@ -105,12 +59,18 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def channels_last_auto(device_type: str, backbone: str | None) -> bool:
-    """What ``channels_last=auto`` picks: where the layout measured faster (see the module docstring)."""
-    if backbone not in CONV_BACKBONES:
+    """What ``channels_last=auto`` picks: where the layout measured faster (see the module docstring).
+
+    The registry's metadata says which backbones those are (``register_model(..., channels_last=...,
+    channels_last_cpu=...)``); an unknown or missing backbone gets the plain layout.
+    """
+    from mela.models.registry import available_models, model_info
+
+    if backbone not in available_models() or not model_info(backbone).channels_last:
         return False
     if device_type == "cuda":
         return True
-    return device_type == "cpu" and backbone in CPU_CHANNELS_LAST
+    return device_type == "cpu" and model_info(backbone).channels_last_cpu
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ import torch
 from scipy import stats
 
 from mela import distributed
+from mela.compute import FP32, Compute
 from mela.data.augment import normalize
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape, evaluation_tasks, split_support_query
 from mela.data.tasks import TaskCollection, support_query
 from mela.device import pixel_tensor
-from mela.engine.precision import FP32, Compute
 from mela.methods.heads import FewShotHead, make_head
 
 

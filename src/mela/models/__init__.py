@@ -1,5 +1,5 @@
 """Backbones and heads, built by name through the registry."""
 
-from mela.models.registry import available_models, create_model, register_model
+from mela.models.registry import ModelInfo, available_models, create_model, model_info, register_model
 
-__all__ = ["available_models", "create_model", "register_model"]
+__all__ = ["ModelInfo", "available_models", "create_model", "model_info", "register_model"]

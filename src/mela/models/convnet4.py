@@ -38,7 +38,8 @@ class ConvNet4(nn.Module):
         return self.features(x).mean(dim=(2, 3))
 
 
-@register_model("convnet4")
+@register_model("convnet4", channels_last=True, channels_last_cpu=True, min_size=16,
+                description="Conv-4: four conv-BN-ReLU-pool blocks (width hidden=64); small, CPU-friendly")
 def convnet4(in_channels: int = 3, hidden: int = 64) -> ConvNet4:
     """Conv-4 with ``hidden`` channels per block; ``feat_dim`` = ``hidden``."""
     return ConvNet4(in_channels, hidden)

@@ -6,6 +6,7 @@ later step rebuilds it without the user repeating the architecture.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -90,8 +91,15 @@ def check_feat_dim(feat_dim: int | None, model: FeatureModel) -> None:
 
 
 def build_model(name: str, in_channels: int = 3, feat_dim: int | None = None,
-                residual_mlp: bool = False) -> FeatureModel:
-    """A fresh feature model ``name`` for ``in_channels``-channel images; ``feat_dim``, when given, must agree."""
-    model = FeatureModel(ModelSpec(name, {"in_channels": in_channels}, residual_mlp))
+                residual_mlp: bool = False, backbone_options: Mapping[str, object] | None = None) -> FeatureModel:
+    """A fresh feature model ``name`` for ``in_channels``-channel images; ``feat_dim``, when given, must agree.
+
+    ``backbone_options`` (a config's ``model_options``) go to the backbone's factory besides ``in_channels``;
+    an option it does not take is a one-line error. They are stored in the spec, so a saved model rebuilds.
+    """
+    options = dict(backbone_options or {})
+    if "in_channels" in options:
+        raise MelaError("model_options cannot set in_channels: it follows from the data's images")
+    model = FeatureModel(ModelSpec(name, {"in_channels": in_channels, **options}, residual_mlp))
     check_feat_dim(feat_dim, model)
     return model

@@ -38,7 +38,7 @@ class ResidualMLP(nn.Module):
         return self.norm(x + out)
 
 
-@register_model("residual_mlp")
+@register_model("residual_mlp", description="residual 3-layer MLP on features (fine_tune's head), not a backbone")
 def residual_mlp(dim: int) -> ResidualMLP:
     """Residual MLP over ``dim``-dim features; ``feat_dim`` = ``dim``."""
     return ResidualMLP(dim)

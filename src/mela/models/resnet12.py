@@ -149,7 +149,8 @@ class ResNet12(nn.Module):
 
 
 
-@register_model("resnet12")
+@register_model("resnet12", channels_last=True, min_size=16,
+                description="ResNet-12 (64-160-320-640, DropBlock), the standard few-shot backbone; 640-dim")
 def resnet12(in_channels: int = 3, drop_rate: float = 0.1, dropblock_size: int = 5, avg_pool: bool = True) -> ResNet12:
     """ResNet-12 with channels (64, 160, 320, 640); ``feat_dim`` 640."""
     return ResNet12(in_channels, drop_rate=drop_rate, dropblock_size=dropblock_size, avg_pool=avg_pool)

@@ -60,7 +60,8 @@ class ResNet18(nn.Module):
         return self.blocks(self.stem(x)).mean(dim=(2, 3))
 
 
-@register_model("resnet18")
+@register_model("resnet18", channels_last=True, min_size=1,
+                description="ResNet-18 with a CIFAR-style 3x3 stride-1 stem; 512-dim")
 def resnet18(in_channels: int = 3) -> ResNet18:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]) with a 3x3 stride-1 stem; ``feat_dim`` 512."""
     return ResNet18(in_channels)

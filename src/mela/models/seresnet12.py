@@ -10,7 +10,8 @@ from mela.models.registry import register_model
 from mela.models.resnet12 import ResNet12
 
 
-@register_model("seresnet12")
+@register_model("seresnet12", channels_last=True, min_size=16,
+                description="ResNet-12 with a squeeze-and-excitation gate in every block; 640-dim")
 def seresnet12(
     in_channels: int = 3,
     drop_rate: float = 0.1,

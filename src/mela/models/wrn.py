@@ -70,7 +70,8 @@ class WideResNet(nn.Module):
         return out.mean(dim=(2, 3))
 
 
-@register_model("wrn_28_10")
+@register_model("wrn_28_10", channels_last=True, min_size=1,
+                description="Wide ResNet 28-10 (widths 160-320-640); 640-dim")
 def wrn_28_10(in_channels: int = 3, dropout: float = 0.0) -> WideResNet:
     """WRN-28-10: widths 160 / 320 / 640, strides 1 / 2 / 2; ``feat_dim`` 640."""
     return WideResNet(28, 10, in_channels, dropout)

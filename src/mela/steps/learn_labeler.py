@@ -84,6 +84,7 @@ class LearnLabelerSettings:
     training: SupervisedSettings
     config: Mapping
     labels: LabelsSettings = field(default_factory=LabelsSettings)
+    model_options: Mapping = field(default_factory=dict)  # for train_model
 
     def __post_init__(self) -> None:
         if self.labels.global_labels and self.pretrained_centroids:
@@ -100,7 +101,8 @@ def read_settings(cfg: DictConfig) -> LearnLabelerSettings:
         readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_labeler),
         readers.model_ref(cfg.pretrained_centroids), readers.model_ref(cfg.pretrained_model), readers.read_shape(cfg),
         bool(cfg.no_replacement), int(cfg.train_db_size), readers.read_labeler(cfg),
-        readers.read_supervised(cfg, "sup_data_aug", "sup_rotate_aug"), readers.record(cfg), labels)
+        readers.read_supervised(cfg, "sup_data_aug", "sup_rotate_aug"), readers.record(cfg), labels,
+        readers.read_model_options(cfg, "train_model"))
 
 
 def load_centroids(ref: str | None, store: RunStore, feat_dim: int, n_ways: int) -> np.ndarray | None:
@@ -171,7 +173,7 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | TaskDataset | None = 
             images, item_images, inferred, report = _label_pile(run, settings, data, pile, labeler_model,
                                                                 labeler_path, centroids)
         model = initial_model(start, settings.train_model, images.image_shape[-1], settings.feat_dim, run.device,
-                              run.log)
+                              run.log, settings.model_options)
         outcome, n_classes = train_supervised(model, images, item_images, [inferred], data.episode_data("val"),
                                               data.mean, data.std, settings.training, run.device, run.run_dir,
                                               run.log, model_metadata(STEP, data))

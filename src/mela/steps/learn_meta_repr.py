@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
@@ -27,13 +27,15 @@ class LearnMetaReprSettings:
     pretrained_model: str | None
     training: EpisodicSettings
     config: Mapping
+    model_options: Mapping = field(default_factory=dict)
 
 
 def read_settings(cfg: DictConfig) -> LearnMetaReprSettings:
     check_model_name(str(cfg.model))
     return LearnMetaReprSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
                                  readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model),
-                                 readers.read_episodic(cfg), readers.record(cfg))
+                                 readers.read_episodic(cfg), readers.record(cfg),
+                                 model_options=readers.read_model_options(cfg))
 
 
 def check_data(settings: LearnMetaReprSettings, data: Dataset) -> None:
@@ -50,7 +52,8 @@ def run(settings: LearnMetaReprSettings, dataset: Dataset | None = None) -> dict
     train, val = data.episode_data("train"), data.episode_data("val")
     with start_run(settings.run, STEP, data, settings.model, settings.config,
                    compute=settings.training.compute) as run:
-        model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
+        model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log,
+                              settings.model_options)
         outcome, n_tasks = train_episodic(model, train, val, data.mean, data.std, settings.training, run.device,
                                           run.run_dir, run.log, model_metadata(STEP, data))
         run.publish_model(outcome.chosen)

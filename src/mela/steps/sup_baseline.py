@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig
@@ -33,13 +33,15 @@ class SupBaselineSettings:
     pretrained_model: str | None
     training: SupervisedSettings
     config: Mapping
+    model_options: Mapping = field(default_factory=dict)
 
 
 def read_settings(cfg: DictConfig) -> SupBaselineSettings:
     check_model_name(str(cfg.model))
     return SupBaselineSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
                                readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model),
-                               readers.read_supervised(cfg), readers.record(cfg))
+                               readers.read_supervised(cfg), readers.record(cfg),
+                               model_options=readers.read_model_options(cfg))
 
 
 def true_label_sets(train: ImageSplit | TaskCollection) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -70,7 +72,8 @@ def run(settings: SupBaselineSettings, dataset: Dataset | TaskDataset | None = N
     train, val = data.episode_data("train"), data.episode_data("val")
     with start_run(settings.run, STEP, data, settings.model, settings.config,
                    compute=settings.training.compute) as run:
-        model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log)
+        model = initial_model(start, settings.model, train.image_shape[-1], settings.feat_dim, run.device, run.log,
+                              settings.model_options)
         item_images, label_sets = true_label_sets(train)
         outcome, n_classes = train_supervised(model, train, item_images, label_sets, val, data.mean, data.std,
                                               settings.training, run.device, run.run_dir, run.log,
