@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from mela.data.base import DatasetSpec, ImageSplit
 from mela.data.registry import _DATASETS, register_dataset
+from mela.methods.labeler import RaggedFeatures
 
 SYNTHETIC = "synthetic_test"
 
@@ -34,6 +37,17 @@ def make_synthetic_split(n_classes: int, per_class: int, seed: int, size: int = 
             images.append(image[..., None])
             labels.append(label)
     return ImageSplit(np.stack(images), np.array(labels, dtype=np.int64))
+
+
+def ragged_pile(seed: int) -> tuple[RaggedFeatures, np.ndarray]:
+    """Tasks of 2-6 ways, classes of 1-4 items, 15 well separated classes; flat true classes."""
+    rng = np.random.default_rng(seed)
+    means = 6.0 * rng.normal(size=(15, 8)) / math.sqrt(8)
+    ways = rng.integers(2, 7, 80)
+    true = np.concatenate([rng.choice(15, w, replace=False) for w in ways])
+    sizes = rng.integers(1, 5, len(true))
+    items = means[np.repeat(true, sizes)] + rng.normal(size=(sizes.sum(), 8)) / math.sqrt(8)
+    return RaggedFeatures(items, np.r_[0, np.cumsum(sizes)], np.r_[0, np.cumsum(ways)]), true
 
 
 @pytest.fixture(scope="session")

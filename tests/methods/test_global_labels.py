@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 from mela.errors import MelaError
 from mela.methods.global_labels import GlobalLabeler, GlobalLabels, infer_global_labels
 from mela.methods.labeler import LabelerConfig, RaggedFeatures
-from tests.conftest import recurring_tasks
+from tests.conftest import ragged_pile, recurring_tasks
 
 
 def _fixed_pile(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -22,19 +22,8 @@ def _fixed_pile(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return means[true][:, :, None] + rng.normal(size=(60, 4, 3, 8)) / math.sqrt(8), true
 
 
-def _ragged_pile(seed: int) -> tuple[RaggedFeatures, np.ndarray]:
-    """Tasks of 2-6 ways, classes of 1-4 items, 15 well separated classes; flat true classes."""
-    rng = np.random.default_rng(seed)
-    means = 6.0 * rng.normal(size=(15, 8)) / math.sqrt(8)
-    ways = rng.integers(2, 7, 80)
-    true = np.concatenate([rng.choice(15, w, replace=False) for w in ways])
-    sizes = rng.integers(1, 5, len(true))
-    items = means[np.repeat(true, sizes)] + rng.normal(size=(sizes.sum(), 8)) / math.sqrt(8)
-    return RaggedFeatures(items, np.r_[0, np.cumsum(sizes)], np.r_[0, np.cumsum(ways)]), true
-
-
 def test_ragged_pile_gets_flat_labels_with_task_offsets_and_recovers_its_classes() -> None:
-    features, true = _ragged_pile(1)
+    features, true = ragged_pile(1)
     labels = infer_global_labels(features, LabelerConfig(K=40))
     assert labels.ragged and labels.assigned.shape == (features.n_classes,)
     np.testing.assert_array_equal(labels.task_offsets, features.task_offsets)
@@ -46,7 +35,7 @@ def test_ragged_pile_gets_flat_labels_with_task_offsets_and_recovers_its_classes
 
 
 def test_key_distances_are_each_class_means_distance_to_its_centroid() -> None:
-    features, _ = _ragged_pile(2)
+    features, _ = ragged_pile(2)
     labels = infer_global_labels(features, LabelerConfig(K=40))
     keys = np.stack([features.items[lo:hi].mean(axis=0)
                      for lo, hi in zip(features.class_offsets[:-1], features.class_offsets[1:], strict=True)])
@@ -99,7 +88,7 @@ def _one_image_pile(seed: int, n_classes: int, recurrence: int, dim: int, separa
     return means[true][:, :, None] + rng.normal(size=(*true.shape, 1, dim)) / math.sqrt(dim), true
 
 
-@pytest.mark.parametrize("make", [lambda: _fixed_pile(4), lambda: _ragged_pile(5)], ids=["fixed", "ragged"])
+@pytest.mark.parametrize("make", [lambda: _fixed_pile(4), lambda: ragged_pile(5)], ids=["fixed", "ragged"])
 def test_count_check_finds_the_same_count_at_a_lower_k_when_the_keys_separate_the_classes(make) -> None:
     features, true = make()
     labels = infer_global_labels(features, LabelerConfig(K=40))
@@ -153,14 +142,14 @@ def test_features_with_nan_or_infinity_get_one_line_naming_how_many() -> None:
     features[3, 1, 2, 0] = np.nan
     with pytest.raises(MelaError, match="1 of 720 image features are NaN or infinite"):
         infer_global_labels(features, LabelerConfig(K=40))
-    ragged, _ = _ragged_pile(9)
+    ragged, _ = ragged_pile(9)
     ragged.items[[0, 5]] = np.inf
     with pytest.raises(MelaError, match=f"2 of {len(ragged.items)} image features"):
         infer_global_labels(ragged, LabelerConfig(K=40))
 
 
 def test_global_labeler_estimator_gives_the_results_of_infer_global_labels() -> None:
-    features, _ = _ragged_pile(11)
+    features, _ = ragged_pile(11)
     labels = infer_global_labels(features, LabelerConfig(K=40))
     estimator = GlobalLabeler(K=40).fit(features)
     assert estimator is not None and estimator.passes_ == labels.passes

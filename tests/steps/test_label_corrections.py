@@ -15,7 +15,6 @@ from mela.engine.checkpoint import load_checkpoint
 from mela.errors import MelaError
 from mela.steps import learn_labeler, learn_meta_repr
 from mela.workspace import saves_dir
-from tests.conftest import make_synthetic_split
 from tests.steps.test_step_round_trips import run_step, tiny_config
 from tests.steps.test_task_collection_steps import pipeline_args
 
@@ -142,18 +141,6 @@ def test_the_pipeline_passes_global_labels_to_learn_labeler(workspace) -> None:
                                       "learn_labeler.gallery_top=7"])
     labels = pipeline.read_settings(cfg).steps["learn_labeler"].labels
     assert (labels.global_labels, labels.allow_shared, labels.gallery_top) == ("/data/edited.csv", False, 7)
-
-
-@pytest.fixture(scope="module")
-def collection_dir(tmp_path_factory) -> Path:
-    """60 tasks of 2-5 ways over 16 synthetic classes, with truth (as tests/steps/test_task_collection_steps.py)."""
-    from mela.data.task_maker import MakeSettings, make_info, make_tasks, write_tasks
-
-    split = make_synthetic_split(16, 12, 5)
-    made = make_tasks(split, MakeSettings(n_tasks=60, ways=(2, 5), shots=(1, 4), recur=(4, 20), seed=3))
-    out = tmp_path_factory.mktemp("tasks") / "jobs"
-    write_tasks(made, split, out, "folder", make_info(made, MakeSettings(n_tasks=60), "synthetic"))
-    return out
 
 
 @pytest.mark.slow

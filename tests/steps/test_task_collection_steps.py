@@ -14,27 +14,15 @@ from sklearn.metrics import adjusted_rand_score
 from mela.cli import main
 from mela.config import compose_config
 from mela.data.task_dataset import TaskSplitSettings
-from mela.data.task_maker import MakeSettings, make_info, make_tasks, write_tasks
 from mela.data.tasks import load_tasks
 from mela.errors import MelaError
 from mela.steps import meta_eval, sup_baseline
 from mela.workspace import saves_dir
-from tests.conftest import make_synthetic_split
 
 FAST = ["learn_meta_repr.epochs=1", "learn_meta_repr.lr_decay_epochs=1", "learn_labeler.epochs=1",
         "learn_labeler.lr_decay_epochs=1", "learn_labeler.K=40", "sup_baseline.epochs=1",
         "sup_baseline.lr_decay_epochs=1", "fine_tune.epochs=1", "val_db_size=10", "test_db_size=20",
         "meta_eval.n_queries=5", "n_ways=4", "n_queries=2", "tasks_holdout=0.15", "tasks_val=0.1"]
-
-
-@pytest.fixture(scope="module")
-def collection_dir(tmp_path_factory) -> Path:
-    """60 tasks of 2-5 ways over 16 synthetic 16 px classes, 1-4 images per class, in folder form with truth."""
-    split = make_synthetic_split(16, 12, 5)
-    made = make_tasks(split, MakeSettings(n_tasks=60, ways=(2, 5), shots=(1, 4), recur=(4, 20), seed=3))
-    out = tmp_path_factory.mktemp("tasks") / "jobs"
-    write_tasks(made, split, out, "folder", make_info(made, MakeSettings(n_tasks=60), "synthetic"))
-    return out
 
 
 def pipeline_args(collection: Path, run_name: str, *extra: str) -> list[str]:
