@@ -12,7 +12,6 @@ step's run) or a pipeline run (its ``mela`` model).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -134,11 +133,9 @@ def _check_pyarrow() -> None:
 def _write_features(out: Path, paths: list[str], features: np.ndarray, trained) -> None:
     """paths + (N, d) float32 features, written through a temporary file and renamed (never half a file)."""
     from mela.inference.export import describe
-    from mela.jsonio import dumps
+    from mela.jsonio import dumps, replaced_atomically
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(out) as tmp:
         if out.suffix == ".npz":
             np.savez(tmp, paths=np.array(paths), features=features.astype(np.float32),
                      model=np.array(dumps(describe(trained), indent=None)))
@@ -146,12 +143,7 @@ def _write_features(out: Path, paths: list[str], features: np.ndarray, trained) 
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.table({"path": paths, "features": list(features.astype(np.float32))})
-            pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise MelaError(f"cannot write {out} ({exc.strerror or exc}); check the folder and free space") from exc
+            pq.write_table(pa.table({"path": paths, "features": list(features.astype(np.float32))}), tmp)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

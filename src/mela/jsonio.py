@@ -1,9 +1,9 @@
-"""JSON files that are always valid JSON and never torn.
+"""JSON files that are always valid JSON, and files of any kind that are never torn.
 
 Python's json module writes ``NaN`` and ``Infinity`` by default, which no strict
 JSON reader accepts (a 1-task evaluation has a NaN confidence interval). Here
-non-finite floats become ``null``, files are replaced atomically, and OS errors or
-a damaged file are one line naming the path.
+non-finite floats become ``null``, files are replaced atomically (:func:`replaced_atomically`,
+also for CSV, NPZ and HTML outputs), and OS errors or a damaged file are one line naming the path.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +46,16 @@ def dumps(obj: Any, indent: int | None = 1) -> str:
     return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
 
 
-def write_json_atomic(path: Path | str, obj: Any, indent: int | None = 1) -> None:
-    """Write ``obj`` as strict JSON to ``path`` via a temporary file + rename; the temporary file never stays."""
+@contextlib.contextmanager
+def replaced_atomically(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffix, so writers that add one, like ``np.savez``, keep it);
+    when the block ends it replaces ``path`` in one rename. On any error the temporary file is removed and
+    ``path`` is untouched; an OS error (full disk, unwritable folder) is one line naming ``path``."""
     path = Path(path)
-    text = dumps(obj, indent) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -65,6 +64,15 @@ def write_json_atomic(path: Path | str, obj: Any, indent: int | None = 1) -> Non
             raise MelaError(f"cannot write {path} ({exc.strerror or exc}); check free disk space and that "
                             f"{path.parent} is a writable folder") from exc
         raise
+
+
+def write_json_atomic(path: Path | str, obj: Any, indent: int | None = 1) -> None:
+    """Write ``obj`` as strict JSON to ``path`` via a temporary file + rename; the temporary file never stays."""
+    text = dumps(obj, indent) + "\n"
+    with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def read_json(path: Path | str) -> Any:

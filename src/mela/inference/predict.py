@@ -9,7 +9,6 @@ class with its probability and the top-k classes.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from mela.data.images import is_image_file
 from mela.errors import MelaError
 from mela.inference.classifier import decode, features_of, fit_head, prepare_features
 from mela.inference.model_io import TrainedModel
+from mela.jsonio import replaced_atomically
 
 Note = Callable[[str], None]
 MANIFEST_COLUMNS = ("task", "role", "path", "label")
@@ -194,15 +194,7 @@ def prediction_rows(run: PredictionRun, top_k: int) -> tuple[list[str], list[lis
 
 def write_csv_atomic(path: Path, header: list[str], rows: list[list[str]]) -> None:
     """The CSV written through a temporary file and renamed: a killed run leaves the old file or none."""
-    path = Path(path).expanduser()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise MelaError(f"cannot write {path} ({exc.strerror or exc}); check the folder and free space") from exc
+    with replaced_atomically(Path(path).expanduser()) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mela.data.tasks.collection import natural_key
 from mela.errors import MelaError
+from mela.jsonio import replaced_atomically
 
 COLUMNS = ("task", "local_label", "global_class", "distance", "inferred", "collection")
 REQUIRED = ("task", "local_label", "global_class")
@@ -81,16 +81,11 @@ def cluster_names(assigned: np.ndarray) -> np.ndarray:
     return out
 
 
-def _natural_key(name: str) -> list:
-    """Sort key putting "g2" before "g10" (text and digit runs alternate, so types always line up)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
 def training_labels(names: np.ndarray) -> np.ndarray:
     """(K,) int64 training label of each task class: its global class's place among the names in natural order
     (g2 before g10), -1 for "" (left out). Inferred and file labels go through this one numbering, so an
     unedited file trains the same labels as the clustering that wrote it."""
-    order = {name: i for i, name in enumerate(sorted({n for n in names.tolist() if n}, key=_natural_key))}
+    order = {name: i for i, name in enumerate(sorted({n for n in names.tolist() if n}, key=natural_key))}
     return np.array([order.get(name, -1) if name else -1 for name in names.tolist()], dtype=np.int64)
 
 
@@ -98,16 +93,14 @@ def write_labels_file(path: Path, index: ClassIndex, names: np.ndarray, distance
                       inferred: np.ndarray | None = None) -> Path:
     """Write ``global_labels.csv`` atomically (``inferred`` defaults to ``names``)."""
     inferred = names if inferred is None else inferred
-    tmp = path.with_name(f".{path.name}.tmp")
     task_of = index.class_task
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with replaced_atomically(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for k in range(index.n_classes):
             distance = "" if not np.isfinite(distances[k]) else f"{distances[k]:.6g}"
             writer.writerow([index.task_ids[task_of[k]], index.class_names[k], names[k], distance, inferred[k],
                              index.fingerprint])
-    os.replace(tmp, path)
     return path
 
 

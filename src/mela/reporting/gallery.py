@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mela.errors import MelaError
-from mela.jsonio import write_json_atomic
+from mela.jsonio import replaced_atomically, write_json_atomic
 
 GALLERY_FILE, THUMBS_FILE, PAGE_FILE = "gallery.json", "gallery_thumbs.npz", "gallery.html"
 THUMB = 48  # thumbnail side in pixels
@@ -154,9 +154,8 @@ def save_gallery(run_dir: Path, gallery: Gallery) -> tuple[Path, Path]:
     offsets = np.cumsum([0, *map(len, blobs)]).astype(np.int64)
     packed = np.frombuffer(b"".join(blobs), dtype=np.uint8)
     npz_path = Path(run_dir) / THUMBS_FILE
-    tmp = npz_path.with_name(f".{npz_path.name}.tmp.npz")
-    np.savez(tmp, png=packed, offsets=offsets, names=np.array(names, dtype=str))
-    tmp.replace(npz_path)
+    with replaced_atomically(npz_path) as tmp:
+        np.savez(tmp, png=packed, offsets=offsets, names=np.array(names, dtype=str))
     return json_path, npz_path
 
 
@@ -310,9 +309,8 @@ def write_gallery_pages(gallery: Gallery, out_dir: Path, stem: str, title: str,
         body = [f"<p>Page {i + 1} of {n_pages}: {nav}</p>", f'<div class="gal"><style>{CSS}</style>']
         body += [class_block(c, gallery.strips.get(c.name), "") for c in chunk]
         body.append("</div>")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(html_page(f"{title}, page {i + 1}", "\n".join(body)), encoding="utf-8")
-        tmp.replace(path)
+        with replaced_atomically(path) as tmp:
+            tmp.write_text(html_page(f"{title}, page {i + 1}", "\n".join(body)), encoding="utf-8")
     return paths
 
 
@@ -321,9 +319,8 @@ def write_gallery_html(gallery: Gallery, run_dir: Path, title: str, top: int = 5
     pages = write_gallery_pages(gallery, Path(run_dir) / "gallery_pages", "classes", f"{title}: every class")
     body = gallery_html(gallery, top=top, pages=[f"gallery_pages/{p.name}" for p in pages])
     path = Path(run_dir) / PAGE_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(html_page(title, body), encoding="utf-8")
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(html_page(title, body), encoding="utf-8")
     return path
 
 

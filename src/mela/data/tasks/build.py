@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mela.data.images import GREY_MODES, as_image_array, image_header, read_image, resize_image
-from mela.data.tasks.collection import SkippedTask, TaskCollection, _natural_key, reason_counts
+from mela.data.tasks.collection import SkippedTask, TaskCollection, natural_key, reason_counts
 from mela.data.tasks.truth import attach_truth
 from mela.errors import MelaError
 
@@ -26,7 +26,7 @@ SKIP_HINT = "; or set skip_bad_tasks to skip such tasks"
 
 def _natural_rank(names: Sequence[str]) -> np.ndarray:
     """(n,) position of each name in natural order (ties: the name itself, so the order is total)."""
-    order = sorted(range(len(names)), key=lambda i: (_natural_key(names[i]), names[i]))
+    order = sorted(range(len(names)), key=lambda i: (natural_key(names[i]), names[i]))
     rank = np.empty(len(names), dtype=np.int64)
     rank[order] = np.arange(len(names))
     return rank

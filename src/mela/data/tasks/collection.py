@@ -154,8 +154,8 @@ class TaskCollection:
             images=images,
             task_ids=tuple(self.task_ids[t] for t in tasks),
             class_names=tuple(self.class_names[k] for k in classes),
-            task_offsets=_offsets(ways),
-            class_offsets=_offsets(sizes),
+            task_offsets=offsets_of(ways),
+            class_offsets=offsets_of(sizes),
             item_image=item_image.astype(np.int64),
             class_truth=None if self.class_truth is None else self.class_truth[classes],
         )
@@ -199,7 +199,8 @@ def reason_counts(skipped: Iterable[SkippedTask]) -> dict[str, int]:
     return counts
 
 
-def _offsets(counts: np.ndarray) -> np.ndarray:
+def offsets_of(counts: np.ndarray) -> np.ndarray:
+    """(n,) counts -> (n + 1,) int64 start offsets (the CSR layout of collections and ragged labeler piles)."""
     out = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=out[1:])
     return out
@@ -208,7 +209,7 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + n)`` for each (s, n), vectorised."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    block_start = _offsets(lengths)[:-1]
+    block_start = offsets_of(lengths)[:-1]
     return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - block_start,
                                                                      lengths)
 
@@ -218,6 +219,6 @@ def _images_in_several_tasks(collection: TaskCollection) -> int:
     return int((np.bincount(pairs[0], minlength=len(collection.images)) > 1).sum())
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
     """Sort key putting "job2" before "job10" (text and digit runs alternate, so types always line up)."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mela.data.tasks.collection import TaskCollection, _natural_key
+from mela.data.tasks.collection import TaskCollection, natural_key
 from mela.errors import MelaError
 
 TRUTH_COLUMNS = ("task", "local_label", "global_label")
@@ -65,7 +65,7 @@ def attach_truth(collection: TaskCollection, truth: dict[tuple[str, str], str], 
     if extra:
         raise MelaError(f"{where} names task '{extra[0][0]}' class '{extra[0][1]}', which is not in "
                         f"{collection.source} ({len(extra)} such rows); fix the names or remove the rows")
-    ordered = sorted(names, key=_natural_key)
+    ordered = sorted(names, key=natural_key)
     rank = np.empty(len(names), dtype=np.int64)
     for new, name in enumerate(ordered):
         rank[names[name]] = new

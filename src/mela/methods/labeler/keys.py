@@ -12,13 +12,6 @@ from mela.errors import MelaError
 from mela.methods.labeler.constants import CHUNK_PAIRS
 
 
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    """(n,) counts -> (n + 1,) int64 start offsets."""
-    out = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=out[1:])
-    return out
-
-
 def _check_offsets(offsets: np.ndarray, total: int, what: str, parts: str) -> np.ndarray:
     offsets = np.asarray(offsets, dtype=np.int64)
     if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != total:

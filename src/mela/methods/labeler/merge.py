@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from mela.data.tasks.collection import offsets_of
 from mela.errors import MelaError
 from mela.methods.labeler.constants import CHUNK_ENTRIES, DENSE_MERGE_MAX, MERGE_METHODS
 from mela.methods.labeler.distances import paired_sq_distances
-from mela.methods.labeler.keys import TaskKeys, _flat_assigned, _offsets, task_pairs, tasks_kept
+from mela.methods.labeler.keys import TaskKeys, _flat_assigned, task_pairs, tasks_kept
 
 
 def cooccurrence(assigned: np.ndarray, n_centroids: int, offsets: np.ndarray | None = None) -> np.ndarray:
@@ -81,7 +82,7 @@ class CentroidPairs:
         first, second = np.divmod(self.codes, max(self.n, 1))
         rows, cols = np.concatenate([first, second]), np.concatenate([second, first])
         order = np.argsort(rows, kind="stable")
-        return _offsets(np.bincount(rows, minlength=self.n)), cols[order]
+        return offsets_of(np.bincount(rows, minlength=self.n)), cols[order]
 
 
 def cooccurrence_pairs(assigned: np.ndarray, n_centroids: int, offsets: np.ndarray | None = None) -> CentroidPairs:

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import chi2
 
+from mela.data.tasks.collection import offsets_of
 from mela.methods.labeler.constants import SHARED_NOISE_QUANTILE, SHARED_NOISE_RATIO
-from mela.methods.labeler.keys import RaggedFeatures, TaskKeys, _class_blocks, _offsets
+from mela.methods.labeler.keys import RaggedFeatures, TaskKeys, _class_blocks
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def _centred_sample(features: RaggedFeatures, max_samples: int, seed: int) -> tu
         eligible = eligible[rows]
     used, inverse = np.unique(item_class[eligible], return_inverse=True)
     used_sizes = sizes[used]
-    starts = _offsets(used_sizes)
+    starts = offsets_of(used_sizes)
     # Items of the sampled classes, class after class: their means without touching the other classes.
     rows = np.repeat(features.class_offsets[used] - starts[:-1], used_sizes) + np.arange(starts[-1])
     means = _class_means_block(features.items[rows], starts[:-1], used_sizes)
@@ -172,7 +173,7 @@ def cluster_spread(keys: np.ndarray | TaskKeys, assigned: np.ndarray) -> KeySpre
     _, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
     # Coordinate-wise median centres: a few keys of another class barely move them (a mean would follow them).
     by_cluster = flat_keys[np.argsort(inverse, kind="stable")]
-    bounds = _offsets(sizes).tolist()
+    bounds = offsets_of(sizes).tolist()
     centres = np.stack([np.median(by_cluster[bounds[c] : bounds[c + 1]], axis=0) for c in range(len(sizes))])
     residual = flat_keys - centres[inverse]
     useful = sizes[inverse] >= 2
