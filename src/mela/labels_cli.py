@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mela.errors import MelaError
+from mela.jsonio import replaced_atomically
 from mela.reporting.gallery import Gallery, GalleryClass, doubtful_rows, load_gallery
 
 
@@ -96,14 +97,16 @@ def main(argv: list[str]) -> int:
         return 0
     rows = doubtful_rows(gallery, max(args.top, 0))
     fields = ["rank", "global_class", "doubt", "spread", "split", "rival", "task", "local_label", "distance"]
-    handle = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-    try:
-        writer = csv.DictWriter(handle, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    finally:
-        if args.out:
-            handle.close()
-    if args.out:
-        print(f"{args.out}: {min(args.top, len(gallery.classes))} classes, {len(rows)} task classes")
+    if not args.out:
+        _write_rows(sys.stdout, fields, rows)
+        return 0
+    with replaced_atomically(args.out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        _write_rows(handle, fields, rows)
+    print(f"{args.out}: {min(args.top, len(gallery.classes))} classes, {len(rows)} task classes")
     return 0
+
+
+def _write_rows(handle, fields: list[str], rows: list[dict]) -> None:
+    writer = csv.DictWriter(handle, fields)
+    writer.writeheader()
+    writer.writerows(rows)

@@ -9,14 +9,13 @@ items. Two arrays may be paired task by task only when their task sets are equal
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from mela.errors import MelaError
+from mela.jsonio import replaced_atomically
 
 PER_TASK_FILE = "task_accuracies.npz"
 # How meta_eval draws its test tasks; part of every task set, so a change of scheme is never paired.
@@ -26,15 +25,8 @@ HELD_OUT_SCHEME = "support_query: each held-out task split with default_rng([see
 
 def write_per_task(path: Path, arrays: Mapping[str, np.ndarray]) -> Path:
     """Write ``arrays`` (name -> per-task accuracies) to the .npz ``path``, atomically."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(values, dtype=np.float64) for name, values in arrays.items()})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise MelaError(f"cannot write {path}: {exc.strerror or exc}; free some disk space and rerun") from exc
+    with replaced_atomically(path) as tmp:
+        np.savez(tmp, **{name: np.asarray(values, dtype=np.float64) for name, values in arrays.items()})
     return path
 
 
