@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,6 +13,11 @@ from mela.data.registry import _DATASETS, register_dataset
 from mela.methods.labeler import RaggedFeatures
 
 SYNTHETIC = "synthetic_test"
+
+# precision=auto picks bf16 on a CPU with native bfloat16 (mela.engine.precision): the suite keeps fp32 on every
+# CPU, its own processes and the ones it starts alike, so its numbers do not depend on the machine's processor.
+# tests/engine/test_precision.py tests both branches by mocking the capability.
+os.environ["MELA_CPU_BF16"] = "0"
 
 
 def recurring_tasks(rng: np.random.Generator, n_classes: int, recurrence: int, ways: int = 5) -> np.ndarray:

@@ -8,7 +8,7 @@ re-exports both names). Why the outputs are cast back to float32: see :mod:`mela
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -22,11 +22,13 @@ class Compute:
         device_type: ``cpu`` or ``cuda`` (what autocast is entered for).
         precision: ``fp32`` or ``bf16``.
         channels_last: models and image batches in ``torch.channels_last`` memory format.
+        reason: why ``precision=auto`` chose this precision (for the log); not part of the choice's identity.
     """
 
     device_type: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
+    reason: str = field(default="", compare=False)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast for ``bf16``; nothing for ``fp32``."""
@@ -51,8 +53,9 @@ class Compute:
         return out.float()
 
     def describe(self) -> str:
-        """For the run's log line: ``precision bf16, channels_last on``."""
-        return f"precision {self.precision}, channels_last {'on' if self.channels_last else 'off'}"
+        """For the run's log line: ``precision bf16 (auto: ...), channels_last on``."""
+        why = f" ({self.reason})" if self.reason else ""
+        return f"precision {self.precision}{why}, channels_last {'on' if self.channels_last else 'off'}"
 
 
 FP32 = Compute()

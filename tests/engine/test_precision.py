@@ -9,7 +9,7 @@ import torch
 from mela.data.base import ImageSplit
 from mela.data.samplers import TaskShape
 from mela.engine import precision
-from mela.engine.precision import Compute, ComputeSettings
+from mela.engine.precision import FP32, Compute, ComputeSettings
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_model, extract_features
 from mela.methods.ridge import task_ridge_loss
@@ -103,13 +103,56 @@ def test_a_channels_last_model_gives_the_contiguous_model_s_output(name: str, si
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_is_fp32_on_the_cpu_and_bf16_only_when_asked() -> None:
-    assert ComputeSettings().resolve(CPU, "convnet4").precision == "fp32"
+def test_auto_is_fp32_on_a_cpu_without_native_bfloat16_and_bf16_only_when_asked(monkeypatch) -> None:
+    monkeypatch.delenv("MELA_CPU_BF16", raising=False)
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: None)
+    chosen = ComputeSettings().resolve(CPU, "convnet4")
+    assert chosen.precision == "fp32" and "no native bfloat16" in chosen.reason
     assert ComputeSettings("bf16").resolve(CPU, "convnet4").precision == "bf16"
     assert ComputeSettings("FP32").resolve(CPU, "convnet4").precision == "fp32"
 
 
-def test_channels_last_auto_follows_the_cpu_measurements_and_an_explicit_choice_wins() -> None:
+def test_auto_is_bf16_with_channels_last_on_a_cpu_with_native_bfloat16_and_the_log_says_why(monkeypatch) -> None:
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: "AVX512-BF16")
+    chosen = ComputeSettings().resolve(CPU, "resnet12")
+    assert chosen == Compute("cpu", "bf16", True)  # channels_last: measured faster under bf16 for every conv net
+    assert chosen.describe() == "precision bf16 (auto: this CPU has native bfloat16 (AVX512-BF16)), channels_last on"
+    assert ComputeSettings().resolve(CPU, "residual_mlp") == Compute("cpu", "bf16", False)  # no convolutions
+    assert ComputeSettings("fp32").resolve(CPU, "resnet12") == Compute("cpu", "fp32", False)
+    assert ComputeSettings(channels_last=False).resolve(CPU, "convnet4") == Compute("cpu", "bf16", False)
+
+
+def test_native_cpu_bfloat16_reads_the_processor_probes_and_the_environment_switch(monkeypatch) -> None:
+    monkeypatch.delenv("MELA_CPU_BF16", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert precision.native_cpu_bf16() == "AVX512-BF16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert precision.native_cpu_bf16() == "AMX"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert precision.native_cpu_bf16() is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setenv("MELA_CPU_BF16", "0")
+    assert precision.native_cpu_bf16() is None
+    assert ComputeSettings().resolve(CPU, "convnet4").reason == "auto: MELA_CPU_BF16=0"
+
+
+def test_bf16_autocast_on_the_cpu_leaves_the_features_float32_and_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = FeatureModel(ModelSpec("convnet4", {"in_channels": 1})).eval()
+    x = torch.randn(8, 1, 32, 32)
+    with torch.no_grad():
+        exact = FP32.forward(model, x)
+        fast = Compute("cpu", "bf16", True).forward(model, x)
+    assert fast.dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(exact, fast, dim=1)
+    assert float(cosine.min()) > 0.99  # bf16 keeps 8 bits of mantissa: close, not equal
+    assert not torch.equal(exact, fast)
+
+
+def test_channels_last_auto_follows_the_cpu_measurements_and_an_explicit_choice_wins(monkeypatch) -> None:
+    monkeypatch.setattr(precision, "native_cpu_bf16", lambda: None)
     assert ComputeSettings().resolve(CPU, "convnet4").channels_last is True
     assert ComputeSettings().resolve(CPU, "resnet12").channels_last is False  # measured slower on the CPU
     assert ComputeSettings().resolve(CPU, "residual_mlp").channels_last is False
@@ -141,3 +184,4 @@ def test_bad_values_are_one_line_errors_listing_the_valid_ones() -> None:
 def test_the_run_log_states_the_resolved_choice() -> None:
     assert Compute("cuda", "bf16", True).describe() == "precision bf16, channels_last on"
     assert Compute().describe() == "precision fp32, channels_last off"
+    assert Compute("cpu", "fp32", False, "auto: why").describe() == "precision fp32 (auto: why), channels_last off"
