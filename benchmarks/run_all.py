@@ -2,7 +2,7 @@
 
 labeler_modes.py needs a trained learn_meta_repr model and is run by hand (see its docstring), as are the
 long ones: augmentation.py (four demo pipelines, ~35 min), labeler_sweep.py (needs glyph models),
-labeler_scale.py, task_collection_scale.py and ddp_cpu.py.
+labeler_scale.py, oversplit_signal.py (445 labeler runs, ~15 min), task_collection_scale.py and ddp_cpu.py.
 """
 
 from __future__ import annotations

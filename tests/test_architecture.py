@@ -18,7 +18,7 @@ from pathlib import Path
 
 # The layer contract, from low to high. A module may import from its own layer and from lower layers only; the
 # entries of one layer are peers (they may import one another, without cycles). An entry names a top-level module
-# or subpackage of mela (``data``), or one module in it (``reporting.report``); a module's layer is that of the
+# or subpackage of mela (``data``), or one module in it (``experiments.sweep``); a module's layer is that of the
 # longest entry it falls under.
 LAYERS: list[set[str]] = [
     {"_version", "errors", "jsonio"},
@@ -27,12 +27,11 @@ LAYERS: list[set[str]] = [
     {"converters"},
     {"models"},
     {"methods"},
-    {"reporting"},  # metrics, progress, plots, columns, sections, gallery: what the engine and the steps write with
+    {"reporting"},  # metrics, progress, plots, columns, sections, gallery, report (the aggregate comes from above)
     {"engine"},
     {"runs"},
     {"config", "conf"},
     {"experiments"},  # aggregate, overrides: reading and comparing finished runs
-    {"reporting.report"},  # the report of a run folder, with the experiments' tables
     {"steps"},
     {"experiments.sweep"},  # a sweep runs steps
     {"inference"},
@@ -206,7 +205,7 @@ def test_every_module_belongs_to_a_layer_of_the_declared_contract_and_every_entr
     assert len(entries) == len(set(entries))
     for name in import_graph():
         layer_of(name)
-    assert layer_entry("mela.reporting.report") == "reporting.report"
+    assert layer_entry("mela.reporting.report") == "reporting"
     assert layer_entry("mela.reporting.plots") == "reporting"
     assert layer_entry("mela") == "mela" and layer_entry("mela.data.packed") == "data"
 
@@ -217,3 +216,12 @@ def test_no_module_imports_a_module_of_a_higher_layer_than_its_own():
         for name, targets in import_graph().items() for target in targets if layer_of(target) > layer_of(name))
     assert not upward, "imports that run up the layers (low to high: " + " < ".join(
         "/".join(sorted(members)) for members in LAYERS) + "):\n" + "\n".join(upward)
+
+
+def test_the_report_sits_in_the_reporting_layer_below_the_experiments_it_shows():
+    # The report takes the experiments' aggregate as a callable from its callers (cli.py, the pipeline) instead
+    # of importing it: no module of the reporting layer may import mela.experiments.
+    assert layer_of("mela.reporting.report") < layer_of("mela.experiments.aggregate")
+    graph = import_graph()
+    assert not {t for n, ts in graph.items() if n.startswith("mela.reporting") for t in ts
+                if t.startswith("mela.experiments")}

@@ -28,7 +28,7 @@ from mela.data.registry import Dataset, DatasetRef
 from mela.data.registry import open_dataset as _open_dataset
 from mela.data.samplers import TaskShape, labeling_pile
 from mela.data.task_dataset import TaskDataset, TaskSplitSettings, open_task_dataset
-from mela.data.tasks import TaskCollection, from_pairs
+from mela.data.tasks import LoadOptions, TaskCollection, from_pairs
 from mela.device import pick_device
 from mela.engine.checkpoint import model_metadata
 from mela.engine.episodic import EpisodicSettings, RidgeLossSettings, train_episodic
@@ -71,7 +71,7 @@ def open_dataset(name: str = "glyphs", *, workspace: str | None = None, path: st
     ``name="custom"`` reads your images from ``path`` (a folder of class folders or an ``.npz``).
     Benchmark data sets are read from ``$WORKSPACE/metaL_data`` (or ``workspace``).
     """
-    ref = DatasetRef(name, path, split_file, image_size, seed)
+    ref = DatasetRef(name, path, split_file, options=LoadOptions(image_size=image_size), seed=seed)
     return _open_dataset(ref, data_dir(workspace_root(workspace)))
 
 
@@ -86,9 +86,10 @@ def open_tasks(source: str | Path | Sequence[tuple], *, truth: str | Path | None
     """
     shares = TaskSplitSettings(holdout, val, seed)
     if isinstance(source, (str, Path)):
-        return open_task_dataset(str(source), image_size=image_size, truth=None if truth is None else str(truth),
-                                 skip_bad_tasks=skip_bad_tasks, settings=shares)
-    return TaskDataset(from_pairs(list(source), image_size=image_size, skip_bad_tasks=skip_bad_tasks), shares)
+        options = LoadOptions(image_size, None if truth is None else str(truth), skip_bad_tasks)
+        return open_task_dataset(str(source), options=options, settings=shares)
+    options = LoadOptions(image_size=image_size, skip_bad_tasks=skip_bad_tasks)  # pairs carry their own truth
+    return TaskDataset(from_pairs(list(source), options=options), shares)
 
 
 def load_dataset(name: str = "glyphs", split: str = "train", **options: object) -> ImageSplit:

@@ -18,26 +18,16 @@ from omegaconf import DictConfig, OmegaConf
 from mela import distributed
 from mela.device import keep_freed_memory
 from mela.errors import MelaError
+from mela.steps.registry import step_info, step_names, steps
 
-STEP_COMMANDS = {
-    "learn-meta-repr": "learn_meta_repr",
-    "learn-labeler": "learn_labeler",
-    "fine-tune": "fine_tune",
-    "meta-eval": "meta_eval",
-    "sup-baseline": "sup_baseline",
-    "pipeline": "pipeline",
-}
+STEP_COMMANDS = {**{info.command: info.name for info in steps()}, "pipeline": "pipeline"}  # command -> config
 
 USAGE = """usage: mela <command> [key=value ...]    (mela -V, --version: versions of mela and torch, the device)
 
 pipeline steps (Hydra overrides as key=value; --cfg prints the resolved config, --help the defaults;
 -m / --multirun sweeps value lists, e.g. mela pipeline -m seed=0,1,2: a run per combination, then the
 aggregate with paired differences in saves/sweeps/<name>/; --yes for more than 100 jobs):
-  learn-meta-repr   step 1: meta-learn a representation from locally labelled tasks
-  learn-labeler     step 2: infer global labels by clustering, then pre-train on them
-  fine-tune         step 3: residual MLP on the frozen backbone, trained episodically
-  meta-eval         evaluate a saved model on 1-shot and 5-shot test tasks
-  sup-baseline      the oracle: supervised pre-training with the true labels
+<steps>
   pipeline          all of the above on one data set, then a results table (default: the glyphs demo;
                     --config-name pipeline_paper for the reference schedule)
 
@@ -55,24 +45,26 @@ use a trained model (MODEL: model file, exported folder, run name, or a pipeline
   predict MODEL     few-shot predictions: --support DIR --query FILES_OR_DIRS, or --tasks MANIFEST.csv
   embed MODEL IMGS  features of images to --out features.npz
   export MODEL      --out DIR: model.safetensors + mela_model.json (--format onnx torchscript)
-"""
+""".replace("<steps>", "\n".join(f"  {info.command:<16}  {info.description}" for info in steps()))
 
 
 def step_runner(name: str) -> Callable[[DictConfig], dict]:
     """Read step ``name``'s config into its typed settings, then run it (imported lazily: keeps ``--help`` fast)."""
     import importlib
 
-    module = importlib.import_module(f"mela.steps.{name}")
+    module = step_info(name).load() if name in step_names() else importlib.import_module(f"mela.steps.{name}")
     return lambda cfg: module.run(module.read_settings(cfg))
 
 
 def _settings_text(config_name: str) -> str:
-    """The config file as users should read it: comments and settings, without Hydra's own block."""
+    """The config's settings as users should read them: its opening comment, then every key with its default and
+    its doc from the settings registry (:mod:`mela.config.settings`)."""
+    from mela.config import default_config
+    from mela.config.settings import settings_help
+
     lines = resources.files("mela.conf").joinpath(f"{config_name}.yaml").read_text().splitlines()
-    header = [line for line in lines[: next(i for i, line in enumerate(lines) if line.startswith("hydra:"))]]
-    body_start = next(i for i, line in enumerate(lines) if line and not line.startswith(("#", " ", "hydra:",
-                                                                                         "defaults:")))
-    return "\n".join(header + [""] + lines[body_start:])
+    header = lines[: next(i for i, line in enumerate(lines) if line.startswith("hydra:"))]
+    return "\n".join([*header, "", settings_help(config_name, default_config(config_name))])
 
 
 def _run_step(name: str, args: list[str]) -> int:
@@ -196,9 +188,10 @@ def _main(args: list[str]) -> int:
 
             return labels_main(rest)
         if command == "report":
+            from mela.experiments.aggregate import report_sections
             from mela.reporting.report import main as report_main
 
-            return report_main(rest)
+            return report_main(rest, report_sections)
         if command in ("predict", "embed", "export"):
             from mela.inference_cli import main as inference_main
 

@@ -30,11 +30,12 @@ def parse_range(text: str) -> tuple[int, int]:
 def cmd_make(args: argparse.Namespace) -> int:
     from mela.data.registry import DatasetRef, open_dataset
     from mela.data.task_maker import MakeSettings, make_info, make_tasks, write_tasks
+    from mela.data.tasks import LoadOptions
 
     settings = MakeSettings(n_tasks=args.tasks, ways=parse_range(args.ways), shots=parse_range(args.shots),
                             recur=parse_range(args.recur), overlap=not args.no_overlap, seed=args.seed)
-    ref = DatasetRef(args.source, path=args.path, split_file=args.split_file, image_size=args.image_size,
-                     seed=args.seed)
+    ref = DatasetRef(args.source, path=args.path, split_file=args.split_file,
+                     options=LoadOptions(image_size=args.image_size), seed=args.seed)
     split = open_dataset(ref, data_dir(workspace_root(args.workspace))).split(args.split)
     made = make_tasks(split, settings)
     info = make_info(made, settings, f"{args.source}:{args.split}")
@@ -49,10 +50,9 @@ def cmd_make(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from mela.data.tasks import load_tasks
+    from mela.data.tasks import LoadOptions, load_tasks
 
-    collection = load_tasks(args.path, image_size=args.image_size, truth=args.truth,
-                            skip_bad_tasks=args.skip_bad_tasks)
+    collection = load_tasks(args.path, LoadOptions(args.image_size, args.truth, args.skip_bad_tasks))
     summary = collection.summary()
     if args.json:
         print(json.dumps({"source": collection.source, **summary, "notes": list(collection.notes)}, indent=2))

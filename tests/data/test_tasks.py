@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from mela.data.tasks import (
+    LoadOptions,
     from_pairs,
     load_folder,
     load_manifest,
@@ -117,7 +118,7 @@ def test_a_shared_size_is_kept_mixed_sizes_are_resized_and_colour_makes_every_im
     save(root / "job2" / "1" / "zz.png", big)
     mixed = load_folder(root)
     assert mixed.image_shape == (84, 84, 3) and "resized to 84x84" in mixed.notes[0]
-    sized = load_folder(root, image_size=12)
+    sized = load_folder(root, LoadOptions(image_size=12))
     expected = np.asarray(Image.fromarray(big).resize((12, 12), Image.BILINEAR))  # PIL's bilinear, independently
     assert np.array_equal(sized.images[sized.task_classes(0)[1][-1]], expected)
     grey = np.asarray(Image.fromarray(PIXELS[0]).convert("RGB").resize((12, 12), Image.BILINEAR))
@@ -126,7 +127,7 @@ def test_a_shared_size_is_kept_mixed_sizes_are_resized_and_colour_makes_every_im
 
 def test_the_pairs_form_takes_mixed_sizes_and_pil_images() -> None:
     pairs = [([PIXELS[0], Image.fromarray(PIXELS[1]), np.zeros((3, 4, 3), np.uint8)], ["x", "y", "y"])]
-    c = from_pairs(pairs, image_size=6)
+    c = from_pairs(pairs, options=LoadOptions(image_size=6))
     assert c.image_shape == (6, 6, 3) and c.ways.tolist() == [2] and c.class_truth is None
 
 
@@ -147,7 +148,7 @@ def test_a_bad_task_is_one_line_naming_it_or_is_skipped_and_counted(tmp_path: Pa
     with pytest.raises(MelaError, match=message + ".*skip_bad_tasks") as caught:
         load_tasks(path)
     assert "\n" not in str(caught.value)
-    loaded = load_tasks(path, skip_bad_tasks=True)
+    loaded = load_tasks(path, LoadOptions(skip_bad_tasks=True))
     assert loaded.task_ids == ("t2",) and loaded.skip_counts() == {reason: 1}
     assert loaded.skipped[0].task == "t1"
 
@@ -159,13 +160,13 @@ def test_a_class_folder_without_images_and_an_unreadable_image_name_the_task_and
         load_folder(root)
     (root / "job10" / "a" / "img0.png").write_bytes(b"not a png")
     with pytest.raises(MelaError, match=r"every task .* was skipped \(empty_class: 1, unreadable_image: 1\)"):
-        load_folder(root, skip_bad_tasks=True)
+        load_folder(root, LoadOptions(skip_bad_tasks=True))
     (root / "job2" / "2").rmdir()
     with pytest.raises(MelaError, match=r"task 'job10': cannot read image .*job10/a/img0.png"):
         load_folder(root)
-    assert load_folder(root, skip_bad_tasks=True).task_ids == ("job2",)
+    assert load_folder(root, LoadOptions(skip_bad_tasks=True)).task_ids == ("job2",)
     (root / "job2" / "notes.txt").write_text("hello")
-    assert "ignored 1 entries" in load_folder(root, skip_bad_tasks=True).notes[0]
+    assert "ignored 1 entries" in load_folder(root, LoadOptions(skip_bad_tasks=True)).notes[0]
 
 
 def test_a_missing_file_and_a_duplicate_row_name_the_manifest_line_task_and_file(tmp_path: Path) -> None:
@@ -178,7 +179,7 @@ def test_a_missing_file_and_a_duplicate_row_name_the_manifest_line_task_and_file
     write_csv(path, rows[0], [*rows[1:], ["images/gone.png", "job2", "1"]])
     with pytest.raises(MelaError, match=r"line 11: task 'job2' file .*gone.png does not exist; fix the path"):
         load_manifest(path)
-    skipped = load_manifest(path, skip_bad_tasks=True)
+    skipped = load_manifest(path, LoadOptions(skip_bad_tasks=True))
     assert skipped.task_ids == ("job10",) and skipped.skip_counts() == {"missing_file": 1}
 
 
@@ -194,7 +195,7 @@ def test_an_empty_collection_and_a_manifest_missing_a_column_are_one_line_errors
         from_pairs([])
     root = write_folder(tmp_path / "all_bad", {"t1": {"a": [0]}, "t2": {"b": [1]}}, None)
     with pytest.raises(MelaError, match=r"every task of .* was skipped \(too_few_classes: 2\)"):
-        load_folder(root, skip_bad_tasks=True)
+        load_folder(root, LoadOptions(skip_bad_tasks=True))
 
 
 def test_truth_must_cover_every_task_class_and_name_only_known_ones(tmp_path: Path) -> None:
@@ -205,8 +206,8 @@ def test_truth_must_cover_every_task_class_and_name_only_known_ones(tmp_path: Pa
               [[*k, v] for k, v in {**TRUTH, ("job3", "z"): "cat"}.items()])
     with pytest.raises(MelaError, match="names task 'job3' class 'z', which is not in"):
         load_folder(root)
-    assert load_folder(root, truth=write_csv(tmp_path / "t.csv", ["task", "local_label", "global_label"],
-                                             [[*k, v] for k, v in TRUTH.items()])).truth_names == ("cat", "dog", "owl")
+    truth = write_csv(tmp_path / "t.csv", ["task", "local_label", "global_label"], [[*k, v] for k, v in TRUTH.items()])
+    assert load_folder(root, LoadOptions(truth=truth)).truth_names == ("cat", "dog", "owl")
 
 
 def test_the_held_out_split_is_a_seeded_tenth_disjoint_and_covering() -> None:

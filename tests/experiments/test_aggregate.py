@@ -87,3 +87,24 @@ def test_accuracy_against_a_swept_value_is_drawn_as_a_png(tmp_path) -> None:
     path = plot_against(aggregate(runs), "learn_labeler.K", tmp_path / plot_name("learn_labeler.K"))
     assert path.name == "accuracy_vs_learn_labeler.K.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_two_held_out_views_are_aggregated_and_paired_each_in_its_own_column_before_the_others() -> None:
+    half = {"dataset": "tasks:x", "split": "test", "n_tasks": 9, "seed": 0, "scheme": "support_query", "digest": "d"}
+    one = {**half, "support_per_class": 1}
+    rng = np.random.default_rng(3)
+    records = {}
+    for model, shift in (("meta_repr", 0.0), ("mela", 4.0)):
+        for column, tasks in (("glyphs 5-shot", TASKS), ("held-out tasks 1-shot", one), ("held-out tasks", half)):
+            a = rng.uniform(40, 90, 9) + shift
+            records[(model, column)] = Record(float(a.mean()), 1.0, a, dict(tasks))
+    (group,) = aggregate([Unit("p", "p", 0, {"seed": 0}, records)])["groups"]
+    assert [a["column"] for a in group["accuracy"] if a["model"] == "mela"] == [
+        "held-out tasks", "held-out tasks 1-shot", "glyphs 5-shot"]
+    pairs = {p["column"]: p for p in group["pairs"]}
+    assert set(pairs) == {"held-out tasks", "held-out tasks 1-shot", "glyphs 5-shot"}
+    assert all(p["paired"] for p in pairs.values())
+    column = "held-out tasks 1-shot"
+    diff = records[("mela", column)].per_task - records[("meta_repr", column)].per_task
+    assert pairs["held-out tasks 1-shot"]["pooled"]["mean"] == pytest.approx(diff.mean())
+    assert task_set_difference(half, one) == "evaluated on different tasks (support_per_class: None vs 1)"

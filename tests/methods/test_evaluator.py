@@ -154,6 +154,89 @@ def test_evaluating_inside_collection_tasks_fits_each_task_on_its_own_support_an
     assert len(episode.query) == 3
 
 
+def _hand_built_collection() -> tuple[object, torch.Tensor]:
+    """Three tasks over 2-d features chosen by hand (each image's pixels are distinct; its feature is looked up).
+
+    t0: class "a" three images tight around (10, 10); class "b" three images on the unit circle, 120 degrees
+    apart (pairwise sqrt(3)); class "c" one image at the centre (0, 0). t1: two classes of two images, far
+    apart. t2: two single-image classes (no query: not scorable).
+    """
+    from mela.data.tasks import from_pairs
+
+    points = {"t0": {"a": [(10.0, 10.0), (10.1, 10.0), (10.0, 10.1)],
+                     "b": [(1.0, 0.0), (-0.5, math.sqrt(3) / 2), (-0.5, -math.sqrt(3) / 2)],
+                     "c": [(0.0, 0.0)]},
+              "t1": {"a": [(0.0, 0.0), (0.0, 0.2)], "b": [(5.0, 5.0), (5.0, 5.2)]},
+              "t2": {"a": [(3.0, 3.0)], "b": [(4.0, 4.0)]}}
+    table, pairs = [], []
+    for classes in points.values():
+        images, labels = [], []
+        for name, features in classes.items():
+            for feature in features:
+                images.append(np.full((2, 2, 1), len(table), dtype=np.uint8))  # pixel value = row of ``table``
+                labels.append(name)
+                table.append(feature)
+        pairs.append((np.stack(images), labels))
+    collection = from_pairs(pairs, task_ids=list(points))
+    rows_of_table = torch.from_numpy(collection.images[:, 0, 0, 0].astype(np.int64))
+    features = torch.tensor(table, dtype=torch.float64)[rows_of_table]
+    return collection, features
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_one_shot_view_fits_one_support_image_per_class_and_keeps_single_image_classes_as_distractors(
+        seed: int) -> None:
+    from mela.data.tasks import support_query
+    from mela.methods.evaluator import evaluate_collection_features
+
+    collection, features = _hand_built_collection()
+    one_shot = evaluate_collection_features(features, collection, PrototypeHead, shots=1, is_norm=False, seed=seed)
+    # By hand, whichever image of each class is the support: in t0 a query of "a" is within 0.15 of the "a"
+    # support and 14 from the others (right); a query of "b" is 1 from the distractor "c" and sqrt(3) from the
+    # "b" support (wrong, with the distractor kept): 2 of 4 queries right. In t1 the classes are 7 apart: 2 of 2.
+    # t2 has no query and is left out; t0's "c" is counted as an unscored class.
+    assert one_shot.per_task.tolist() == [50.0, 100.0] and one_shot.task_ids.tolist() == [0, 1]
+    assert one_shot.accuracy.acc == 75.0 and one_shot.accuracy.n_tasks == 2
+    assert one_shot.unscored_classes == 1 and one_shot.unscored_tasks == 1
+    # One support image per class (the distractor included), the rest of each class as queries.
+    episode = support_query(collection, 0, np.random.default_rng([seed, 0]), 1)
+    assert np.bincount(episode.support_labels).tolist() == [1, 1, 1]
+    assert np.bincount(episode.query_labels, minlength=3).tolist() == [2, 2, 0]
+
+
+def test_the_one_shot_supports_follow_the_seed_and_are_the_same_for_every_model() -> None:
+    from mela.data.tasks import support_query
+    from mela.methods.evaluator import evaluate_collection_features
+
+    collection, features = _hand_built_collection()
+    # A model whose t1 features make the 1-shot accuracy depend on which image is each class's support:
+    # "a" at 0 and 3, "b" at 2 and 8 (on one axis); the four choices score 50, 50, 0 and 50 %.
+    t1_rows = np.concatenate(collection.task_classes(1))
+    model_1 = features.clone()
+    model_1[torch.from_numpy(t1_rows)] = torch.tensor([[0.0, 0.0], [0.0, 3.0], [0.0, 2.0], [0.0, 8.0]],
+                                                       dtype=torch.float64)
+    model_2 = model_1.clone()
+    model_2[torch.from_numpy(np.concatenate(collection.task_classes(0)))] *= 2.0  # another model, t0 differs
+    seen = set()
+    for seed in range(8):
+        support = support_query(collection, 1, np.random.default_rng([seed, 1]), 1).support
+        queries = [row for row in t1_rows.tolist() if row not in support.tolist()]
+        # By hand: each query goes to the nearer of the two support images.
+        where = {row: float(model_1[row, 1]) for row in t1_rows.tolist()}
+        label = {row: int(row in collection.task_classes(1)[1]) for row in t1_rows.tolist()}
+        right = [label[min(support.tolist(), key=lambda s, q=q: abs(where[q] - where[s]))] == label[q] for q in queries]
+        expected = 100.0 * sum(right) / len(right)
+        first = evaluate_collection_features(model_1, collection, PrototypeHead, shots=1, is_norm=False, seed=seed)
+        second = evaluate_collection_features(model_2, collection, PrototypeHead, shots=1, is_norm=False, seed=seed)
+        assert first.per_task[1] == second.per_task[1] == expected  # the same supports for both models
+        seen.add(expected)
+    assert seen == {0.0, 50.0}  # the seed chooses the supports
+    # The 1-shot support of a class is the first image of the half view's permutation: a subset of its support.
+    half = support_query(collection, 0, np.random.default_rng([5, 0]), None)
+    one = support_query(collection, 0, np.random.default_rng([5, 0]), 1)
+    assert set(one.support.tolist()) <= set(half.support.tolist())
+
+
 def test_the_per_task_accuracies_average_to_the_reported_mean_exactly_and_name_their_tasks() -> None:
     split, features = _two_group_split()
     shape = TaskShape(n_ways=3, n_shots=1, n_queries=4)

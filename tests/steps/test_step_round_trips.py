@@ -62,6 +62,10 @@ def test_labeler_then_meta_eval_find_earlier_runs_by_name_and_latest(synthetic_d
     assert (check["K"], check["K_lower"], check["clusters"]) == (40, 30, report["clusters"])
     log = (saves_dir(workspace) / "learn_labeler" / "lab" / "log.txt").read_text()
     assert f"count check: {check['clusters_lower']} clusters with K=30, {check['clusters']} with K=40" in log
+    split = report["diagnostics"]["oversplit"]
+    assert split["classes"] == report["clusters"]
+    assert (f"over-split check: {split['looks_split']} classes look split over {split['clusters_involved']} of the "
+            f"{split['classes']} global classes") in log
     centroids = np.load(saves_dir(workspace) / "learn_labeler" / "lab" / "centroids.npz")["centroids"]
     # Every cluster that labels a task is a centroid; a centroid may end up labelling nothing.
     assert centroids.shape[1] == 64 and centroids.shape[0] == report["centroids"] >= report["clusters"]

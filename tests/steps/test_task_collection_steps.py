@@ -36,9 +36,19 @@ def test_the_pipeline_on_a_task_collection_writes_global_labels_and_held_out_row
     out = capsys.readouterr().out
     results = json.loads(Path(out.strip().splitlines()[-1]).read_text())
     assert {r["model"] for r in results["rows"]} == {"meta_repr", "mela", "mela_finetune", "oracle"}
-    assert {r.get("column") for r in results["rows"]} == {"held-out tasks"}
+    assert [r.get("column") for r in results["rows"]] == ["held-out tasks", "held-out tasks 1-shot"] * 4
     assert all(0.0 < r["acc"] <= 100.0 and r["ci"] >= 0 for r in results["rows"])
-    assert "held-out tasks acc" in out
+    # The table shows both views of the held-out tasks, half of each class as support first, then one per class.
+    header = next(line for line in out.splitlines() if line.startswith("model "))
+    assert header.split()[1:] == ["held-out", "tasks", "acc", "(95%", "CI)", "held-out", "tasks", "1-shot", "acc",
+                                  "(95%", "CI)"]
+    # Every model's 1-shot view used the same support images (one seed for all): the aggregate may pair them.
+    one_shot = [results["task_sets"][f"{m}/held-out tasks 1-shot"] for m in ("meta_repr", "mela", "oracle")]
+    assert one_shot[0] == one_shot[1] == one_shot[2] and one_shot[0]["support_per_class"] == 1
+    assert "support_per_class" not in results["task_sets"]["mela/held-out tasks"]
+    meta_eval_log = (saves_dir(workspace) / "meta_eval" / "tk_mela" / "log.txt").read_text()
+    assert "held-out tasks 1-shot (9 of the collection, each evaluated inside itself, 1 image per class" in \
+        meta_eval_log
 
     run_dir = saves_dir(workspace) / "learn_labeler" / "tk"
     collection = load_tasks(collection_dir)
@@ -63,6 +73,20 @@ def test_the_pipeline_on_a_task_collection_writes_global_labels_and_held_out_row
     assert capsys.readouterr().out.count("already finished") == 4
 
 
+def test_the_results_table_puts_both_held_out_views_first_one_line_per_model() -> None:
+    from mela.steps.pipeline import results_table
+
+    rows = [{"model": m, "shots": shots, "column": column, "acc": acc, "ci": 1.0}
+            for m, base in (("meta_repr", 90.0), ("mela", 95.0))
+            for shots, column, acc in ((1, "glyphs 1-shot", base - 5), (None, "held-out tasks", base),
+                                       (1, "held-out tasks 1-shot", base - 10))]
+    lines = results_table(rows).splitlines()
+    assert [" ".join(c.split()) for c in lines[0].split("acc (95% CI)")] == [
+        "model held-out tasks", "held-out tasks 1-shot", "glyphs 1-shot", ""]
+    assert lines[2].split() == ["meta_repr", "90.00", "±", "1.00", "80.00", "±", "1.00", "85.00", "±", "1.00"]
+    assert lines[3].split()[1::3] == ["95.00", "85.00", "90.00"]
+
+
 @pytest.mark.slow
 def test_without_truth_the_oracle_is_skipped_the_labeler_is_not_scored_and_eval_dataset_adds_rows(
         collection_dir, synthetic_dataset, tmp_path, workspace, capsys) -> None:
@@ -76,8 +100,10 @@ def test_without_truth_the_oracle_is_skipped_the_labeler_is_not_scored_and_eval_
     assert {r["model"] for r in results["rows"]} == {"meta_repr", "mela", "mela_finetune"}
     columns = {(r["model"], r.get("column")) for r in results["rows"]}
     assert columns == {(m, c) for m in ("meta_repr", "mela", "mela_finetune")
-                       for c in ("held-out tasks", f"{synthetic_dataset} 1-shot", f"{synthetic_dataset} 5-shot")}
-    assert all(25.0 < r["acc"] <= 100.0 for r in results["rows"] if r.get("shots"))  # 4-way chance is 25 %
+                       for c in ("held-out tasks", "held-out tasks 1-shot", f"{synthetic_dataset} 1-shot",
+                                 f"{synthetic_dataset} 5-shot")}
+    assert all(25.0 < r["acc"] <= 100.0 for r in results["rows"]  # 4-way chance is 25 %
+               if r["column"].startswith(synthetic_dataset))
     assert results["labeler"]["true_classes"] is None and results["labeler"]["ari"] is None
     assert "global classes found (no true labels" in out
     with pytest.raises(MelaError, match="sup_baseline trains on the true global labels"):
@@ -156,14 +182,15 @@ def test_a_bad_task_stops_a_step_with_one_line_unless_skipped_and_then_the_log_c
 
 @pytest.mark.parametrize("name", ["pipeline", "pipeline_paper", "pipeline_tasks"])
 def test_every_shipped_pipeline_config_composes_and_reads_into_settings_for_every_step(name, workspace) -> None:
-    from mela.config.compose import PIPELINE_SHARED, default_config
+    from mela.config.compose import default_config
+    from mela.config.settings import settings_of
     from mela.steps import pipeline
 
     extra = ["tasks_path=/nowhere"] if name == "pipeline_tasks" else []
     settings = pipeline.read_settings(compose_config(name, extra))
     assert set(settings.steps) == {"learn_meta_repr", "learn_labeler", "fine_tune", "sup_baseline"}
-    # Every shared key a step can take is set in each pipeline config, so none falls back silently.
-    assert set(PIPELINE_SHARED) <= set(default_config(name))
+    # Every pipeline key of the settings registry is set in each pipeline config, so none falls back silently.
+    assert {s.name for s in settings_of(name)} == set(default_config(name))
     if name == "pipeline_tasks":
         labeler = settings.steps["learn_labeler"].labeler
         assert (labeler.K, labeler.merge_factor, labeler.merge_risk) == (800, 20.0, 1.0)

@@ -9,6 +9,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mela.config.settings import AUTO_FLAG, MODEL_REF, STEP_NAMES, names_of_type, pipeline_feeds
 from mela.errors import MelaError
 
 CONFIG_MODULE = "mela.conf"
@@ -49,7 +50,7 @@ def _add_to_options(override: str) -> str:
     return override
 
 
-STEP_SECTIONS = ("learn_meta_repr", "learn_labeler", "fine_tune", "sup_baseline", "meta_eval")
+STEP_SECTIONS = STEP_NAMES  # a pipeline config has one section per step
 
 
 def _add_to_step_section(override: str, defaults: DictConfig) -> str:
@@ -82,7 +83,8 @@ def config_names() -> list[str]:
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-AUTO_FLAGS = ("progress", "tensorboard", "channels_last")  # auto, true or false: the readers check the text
+AUTO_FLAGS = names_of_type(AUTO_FLAG)  # auto, true or false: the readers check the text
+MODEL_REFS = names_of_type(MODEL_REF)  # false (none) or a model reference
 
 
 def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
@@ -97,7 +99,7 @@ def check_types(defaults: DictConfig, cfg: DictConfig) -> None:
             ok = True
         if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             ok = True  # e.g. trial=3 or lr_decay_epochs=10
-        if key.startswith("pretrained_") and isinstance(value, str):
+        if key in MODEL_REFS and isinstance(value, str):
             ok = True  # false (none) or a model reference
         if key in AUTO_FLAGS and isinstance(value, (bool, str)):
             ok = True  # progress=true, as before auto existed
@@ -127,26 +129,16 @@ def apply(cfg: DictConfig, values: dict, where: str = "") -> DictConfig:
         raise MelaError(f"bad setting: {what} (see `mela {where.replace('_', '-')} --help`)") from exc
 
 
-# What the pipeline hands every step: its shared keys (where the step has them) and its per-step section.
-PIPELINE_SHARED = ("workspace", "device", "seed", "progress", "tensorboard", "plots", "dataset", "n_ways", "n_shots",
-                   "n_queries", "hflip", "aug_crop", "aug_pad_mode", "aug_jitter", "custom_path", "custom_split",
-                   "image_size", "tasks_path", "tasks_truth", "skip_bad_tasks", "tasks_holdout", "tasks_val",
-                   "eval_dataset", "precision", "channels_last", "model_options")
-
-
 def compose_pipeline_step(cfg: DictConfig, step: str, run_name: str, extra: dict | None = None) -> DictConfig:
-    """Step ``step``'s own config, overlaid with the pipeline's shared keys, its section and ``extra``."""
+    """Step ``step``'s own config, overlaid with the pipeline's shared keys, its section and ``extra``.
+
+    The shared keys are the settings registry's ``feeds`` (:func:`mela.config.settings.pipeline_feeds`): e.g.
+    ``n_ways`` sets every step's ``n_ways`` and ``val_n_ways``, ``val_db_size`` the training steps' ``test_db_size``.
+    """
     base = compose_config(step)
     if "model_options" in base:
         OmegaConf.set_struct(base.model_options, False)  # its keys are the model's options, checked when read
-    shared = {k: cfg[k] for k in PIPELINE_SHARED if k in base and k in cfg}
-    if "val_n_ways" in base:
-        shared["val_n_ways"] = cfg.n_ways
-    if step == "learn_labeler":
-        shared.update(label_recovery_model=cfg.model, train_model=cfg.model)
-    elif "model" in base:
-        shared["model"] = cfg.model
-    shared["test_db_size"] = cfg.test_db_size if step == "meta_eval" else cfg.val_db_size
+    shared = {key: cfg[name] for name, key in pipeline_feeds(step, base) if name in cfg}
     section = cfg.get(step)
     section = {} if section is None else OmegaConf.to_container(section, resolve=True)
     composed = apply(base, {**shared, **section, "run_name": run_name, **(extra or {})}, step)

@@ -8,11 +8,16 @@ fails before any data is loaded or any epoch is trained.
 
 from __future__ import annotations
 
+import warnings
+
 from omegaconf import DictConfig, OmegaConf
 
+from mela.config.compose import default_config
+from mela.config.settings import CompatWarning, compat_keys, free_keys, setting
 from mela.data.augment import AugmentSettings
 from mela.data.registry import DatasetRef
 from mela.data.samplers import TaskShape
+from mela.data.tasks import LoadOptions
 from mela.engine.episodic import EpisodicSettings, RidgeLossSettings
 from mela.engine.precision import ComputeSettings
 from mela.engine.supervised import SupervisedSettings
@@ -34,19 +39,36 @@ def model_ref(value: object) -> str | None:
     return None if value in NO_MODEL else str(value)
 
 
-def read_run(cfg: DictConfig) -> RunSettings:
+def read_run(cfg: DictConfig, step: str) -> RunSettings:
+    """Where step ``step`` runs, and which of its keys a rerun may change (the settings registry's); warns about
+    keys kept for the original scripts that were set (:func:`warn_compat`)."""
+    warn_compat(cfg, step)
     return RunSettings(workspace=cfg.get("workspace"), run_name=cfg.get("run_name"),
-                       device=str(cfg.get("device", "auto")), seed=int(cfg.seed), trial=str(cfg.get("trial", "0")))
+                       device=str(cfg.get("device", "auto")), seed=int(cfg.seed), trial=str(cfg.get("trial", "0")),
+                       free_keys=free_keys(step))
+
+
+def warn_compat(cfg: DictConfig, step: str) -> None:
+    """A :class:`CompatWarning` for each key ``step`` accepts only for the original scripts' command lines that
+    differs from the step's default: it has no effect (Python shows each such warning once)."""
+    keys = compat_keys(step)
+    if not keys:
+        return
+    defaults = default_config(step)
+    for key in sorted(keys):
+        if key in cfg and key in defaults and cfg[key] != defaults[key]:
+            warnings.warn(f"{key}={cfg[key]} has no effect in {step} (kept for the original scripts' command "
+                          f"lines: {setting(key).compat_reason(step)})", CompatWarning, stacklevel=3)
 
 
 def read_dataset(cfg: DictConfig) -> DatasetRef:
     """The data set a step runs on; ``image_size`` null means 84 for ``custom`` and the collection's own size
     for ``tasks`` (a collection of mixed sizes then goes to 84)."""
     size = cfg.get("image_size")
-    ref = DatasetRef(str(cfg.dataset), cfg.get("custom_path"), cfg.get("custom_split"),
-                     None if size is None else int(size), int(cfg.seed), cfg.get("tasks_path"),
-                     cfg.get("tasks_truth"), bool(cfg.get("skip_bad_tasks", False)),
-                     float(cfg.get("tasks_holdout", 0.1)), float(cfg.get("tasks_val", 0.05)))
+    options = LoadOptions(None if size is None else int(size), cfg.get("tasks_truth"),
+                          bool(cfg.get("skip_bad_tasks", False)))
+    ref = DatasetRef(str(cfg.dataset), cfg.get("custom_path"), cfg.get("custom_split"), options, int(cfg.seed),
+                     cfg.get("tasks_path"), float(cfg.get("tasks_holdout", 0.1)), float(cfg.get("tasks_val", 0.05)))
     if ref.name == "tasks" and not ref.tasks_path:
         raise MelaError("dataset=tasks needs tasks_path=DIR (a folder of task folders, or a manifest .csv); make "
                         "one with `mela tasks make --from glyphs --out DIR`")

@@ -184,7 +184,7 @@ def custom_dataset_spec(
 def _custom_from_ref(ref: DatasetRef) -> DatasetSpec:
     if not ref.path:
         raise MelaError("dataset=custom needs custom_path=<folder of class folders or .npz file>")
-    return custom_dataset_spec(ref.path, ref.split_file, ref.image_size or 84, ref.seed)
+    return custom_dataset_spec(ref.path, ref.split_file, ref.options.image_size or 84, ref.seed)
 
 
 register_dataset_factory("custom", _custom_from_ref)

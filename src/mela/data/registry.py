@@ -20,6 +20,7 @@ from pathlib import Path
 from mela.data.base import DatasetSpec, ImageSplit
 from mela.data.packed import load_packed
 from mela.data.task_dataset import TASKS, TaskDataset, TaskSplitSettings, open_task_dataset
+from mela.data.tasks.options import LoadOptions
 from mela.errors import MelaError
 
 _DATASETS: dict[str, DatasetSpec] = {}
@@ -37,21 +38,20 @@ class DatasetRef:
         name: the registered name.
         path: the user's files (``custom``: a folder of class folders or an ``.npz``).
         split_file: optional JSON of class names per split (``custom``).
-        image_size: side the user's images are resized to (``custom``).
+        options: how the user's images are read (:class:`~mela.data.tasks.LoadOptions`: ``image_size`` for
+            ``custom`` and ``tasks``; the truth file and ``skip_bad_tasks`` for ``tasks``).
         seed: seed of the class split when no split file is given (``custom``), and of the task shares
             (``tasks``).
-        tasks_path, tasks_truth, skip_bad_tasks, tasks_holdout, tasks_val: ``dataset=tasks`` (a locally
-            labelled task collection; see :mod:`mela.data.task_dataset`).
+        tasks_path, tasks_holdout, tasks_val: ``dataset=tasks`` (a locally labelled task collection; see
+            :mod:`mela.data.task_dataset`).
     """
 
     name: str
     path: str | None = None
     split_file: str | None = None
-    image_size: int | None = None
+    options: LoadOptions = LoadOptions()
     seed: int = 0
     tasks_path: str | None = None
-    tasks_truth: str | None = None
-    skip_bad_tasks: bool = False
     tasks_holdout: float = 0.1
     tasks_val: float = 0.05
 
@@ -175,8 +175,7 @@ def open_dataset(ref: str | DatasetRef, data_dir: Path) -> Dataset | TaskDataset
     """
     ref = ref if isinstance(ref, DatasetRef) else DatasetRef(str(ref))
     if ref.name == TASKS:
-        return open_task_dataset(ref.tasks_path, image_size=ref.image_size, truth=ref.tasks_truth,
-                                 skip_bad_tasks=ref.skip_bad_tasks,
+        return open_task_dataset(ref.tasks_path, options=ref.options,
                                  settings=TaskSplitSettings(ref.tasks_holdout, ref.tasks_val, ref.seed))
     return Dataset(get_dataset_spec(ref), Path(data_dir), ref)
 

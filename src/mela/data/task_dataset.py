@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mela.data.tasks import TaskCollection, load_tasks, tasks_holdout
+from mela.data.tasks import LoadOptions, TaskCollection, load_tasks, tasks_holdout
 from mela.errors import MelaError
 
 TASKS = "tasks"
@@ -125,11 +125,11 @@ class TaskDataset:
                 f"{s['images_per_class_max']}{truth}")
 
 
-def open_task_dataset(path: str | None, *, image_size: int | None = None, truth: str | None = None,
-                      skip_bad_tasks: bool = False, settings: TaskSplitSettings | None = None) -> TaskDataset:
+def open_task_dataset(path: str | None, *, options: LoadOptions = LoadOptions(),
+                      settings: TaskSplitSettings | None = None) -> TaskDataset:
     """Load the collection at ``path`` (folder or manifest) and split its tasks."""
     if not path:
         raise MelaError("dataset=tasks needs tasks_path=DIR (a folder of task folders, or a manifest .csv); "
                         "make one with `mela tasks make --from glyphs --out DIR`")
-    collection = load_tasks(path, image_size=image_size, truth=truth, skip_bad_tasks=skip_bad_tasks)
+    collection = load_tasks(path, options)
     return TaskDataset(collection, settings or TaskSplitSettings())

@@ -20,19 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mela.errors import MelaError
+from mela.config.settings import never_defining
 from mela.jsonio import read_json, write_json_atomic
 from mela.methods.paired import mean_sd, paired_difference, pooled_difference, t_interval
 from mela.reporting.columns import columns_of, row_column
+from mela.reporting.report import SWEEP_JSON
 from mela.reporting.sections import Image, Section, Table, read_config
-from mela.runs.store import NOT_DEFINING
+from mela.runs.store import RECORDED_KEYS
 from mela.runs.task_results import PER_TASK_FILE, read_per_task
 
-SWEEP_JSON, SWEEP_MD = "sweep.json", "sweep.md"  # in a sweep's folder: the record and its table
+SWEEP_MD = "sweep.md"  # in a sweep's folder, beside the record (SWEEP_JSON): its table
 
 # Keys that never make two runs "different settings": the seed is what a group aggregates over, the model
 # reference of a meta_eval run is what it compares.
-NOT_GROUPING = frozenset(NOT_DEFINING | {"seed", "pretrained_model", "from_step"})
+NOT_GROUPING = frozenset(never_defining() | RECORDED_KEYS | {"seed", "pretrained_model", "from_step"})
 
 
 @dataclass(frozen=True)
@@ -355,18 +356,10 @@ def write_aggregate(sweep_dir: Path, record: dict, run_dirs: Sequence[Path], say
     return [*written, sweep_dir / SWEEP_MD]
 
 
-def check_sweep_folder(path: Path) -> list[Path]:
-    """The run folders of a sweep folder's jobs (for ``mela report SWEEP``)."""
-
-    record = read_json(path / SWEEP_JSON)
-    if not isinstance(record, dict) or not isinstance(record.get("jobs"), list):
-        raise MelaError(f"{path / SWEEP_JSON} is not a sweep record; rerun the sweep's command")
-    return [Path(j["run_dir"]) for j in record["jobs"] if Path(j["run_dir"]).is_dir()]
-
-
 def report_sections(pipeline_dirs: Sequence[Path], eval_dirs: Sequence[Path], plots_dir: Path | None) -> list:
     """``mela report``'s aggregate: over the pipelines and the meta_eval runs that belong to none; nothing when
-    no settings were run with several seeds and no pair of models could be paired (e.g. runs before 0.3.0)."""
+    no settings were run with several seeds and no pair of models could be paired (e.g. runs before 0.3.0).
+    The callers pass it to :func:`mela.reporting.report.write_report` as ``more_sections``."""
     units = units_of([*pipeline_dirs, *eval_dirs])
     if not units:
         return []

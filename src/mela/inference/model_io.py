@@ -19,10 +19,12 @@ from mela.engine.checkpoint import EXPORT_JSON, EXPORT_WEIGHTS, load_feature_mod
 from mela.errors import MelaError
 from mela.models.feature_model import FeatureModel
 from mela.runs.store import MODEL_FILE
+from mela.steps.registry import model_steps
 from mela.workspace import data_dir, saves_dir, workspace_root
 
-# Where a run name is looked for, in this order: a pipeline run means its `mela` model.
-RUN_STEPS = ("pipeline", "fine_tune", "learn_labeler", "sup_baseline", "learn_meta_repr")
+# Where a run name is looked for, in this order: a pipeline run means its `mela` model; then the steps' runs, the
+# most refined model first (the step registry's order, as meta_eval's).
+RUN_STEPS = ("pipeline", *model_steps(refined_first=True))
 PIPELINE_MODEL_STEP = "learn_labeler"
 
 

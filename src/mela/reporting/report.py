@@ -1,8 +1,12 @@
 """``mela report PATH... [--out DIR]``: one Markdown file and one self-contained HTML page across runs.
 
-PATH is a run folder, a pipeline folder, a step folder, a ``saves`` folder or a workspace. The report
-reads only the files runs already write (config.yaml, done.json, results.json, labeler_report.json,
+PATH is a run folder, a pipeline folder, a step folder, a ``saves`` folder, a sweep folder or a workspace. The
+report reads only the files runs already write (config.yaml, done.json, results.json, labeler_report.json,
 history.json or metrics.csv, log.txt, and any PNG in the run folder), so it works on old runs too.
+
+This module sits in the reporting layer, below the experiments that compare runs: the aggregate over seeds and
+the paired comparisons (:func:`mela.experiments.aggregate.report_sections`) come in as ``more_sections`` from
+the callers above (``mela report`` in cli.py, the pipeline step).
 """
 
 from __future__ import annotations
@@ -14,15 +18,17 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mela.errors import MelaError
+from mela.jsonio import read_json
 from mela.reporting.columns import columns_of, row_column
 from mela.reporting.sections import Image, Raw, Section, Table, read_config
 
 SAVES = Path("checkpoint") / "label_learn" / "saves"
+SWEEP_JSON = "sweep.json"  # a sweep folder's record (written by mela.experiments), listing its jobs' run folders
 PIPELINE = "pipeline"
 MD_FILE, HTML_FILE, PLOTS_DIR = "report.md", "report.html", "report_plots"
 GALLERY_DIR = "report_gallery"  # the full lists of the learn_labeler galleries, beside the report
@@ -31,6 +37,10 @@ CURVES_PNG, PASSES_PNG, ACCURACY_PNG = "learning_curves.png", "labeler_passes.pn
 # Steps in pipeline order, for sorting; steps not listed here come after, by name.
 STEP_ORDER = ("learn_meta_repr", "learn_labeler", "fine_tune", "sup_baseline", "meta_eval")
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
+
+# Sections a higher layer adds after the pipelines' (the experiments' aggregate): called with the pipeline
+# folders, the meta_eval run folders outside any pipeline, and the plots folder (None: no plots).
+MoreSections = Callable[[Sequence[Path], Sequence[Path], Path | None], list]
 
 
 @dataclass
@@ -127,6 +137,14 @@ def _run_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
 
 
+def sweep_run_dirs(path: Path) -> list[Path]:
+    """The run folders of a sweep folder's jobs (``mela report SWEEP``), from its ``sweep.json``."""
+    record = read_json(path / SWEEP_JSON)
+    if not isinstance(record, dict) or not isinstance(record.get("jobs"), list):
+        raise MelaError(f"{path / SWEEP_JSON} is not a sweep record; rerun the sweep's command")
+    return [Path(j["run_dir"]) for j in record["jobs"] if Path(j["run_dir"]).is_dir()]
+
+
 def read_pipeline(path: Path) -> Pipeline:
     """A pipeline folder and the runs named after it (``<step>/<name>``, ``meta_eval/<name>_<model>``)."""
     results = _read_json(path / "results.json")
@@ -159,10 +177,8 @@ def discover(paths: Iterable[Path]) -> tuple[list[Pipeline], list[Run]]:
             for step_dir in sorted(p for p in path.iterdir() if p.is_dir()):
                 target = pipeline_dirs if step_dir.name == PIPELINE else run_dirs
                 target.update(dict.fromkeys(_run_dirs(step_dir), False))
-        elif (path / "sweep.json").is_file():  # a sweep folder: its jobs' runs (mela.experiments)
-            from mela.experiments.aggregate import check_sweep_folder
-
-            for job_dir in check_sweep_folder(path):
+        elif (path / SWEEP_JSON).is_file():  # a sweep folder: its jobs' runs (mela.experiments)
+            for job_dir in sweep_run_dirs(path):
                 target = pipeline_dirs if job_dir.parent.name == PIPELINE else run_dirs
                 target[job_dir.resolve()] = False  # type: ignore[index]
         elif path.parent.name == PIPELINE or ((path / "results.json").is_file() and not (path / "done.json").exists()):
@@ -453,21 +469,22 @@ def gallery_items(run: Run, out_dir: Path) -> list[Raw]:
     return [Raw(title + gallery_html(gallery, top=top, prefix=f"{tag}-", pages=hrefs), "\n".join(md))]
 
 
-def write_report(paths: list[Path], out_dir: Path, with_plots: bool = True) -> tuple[Path, Path]:
+def write_report(paths: list[Path], out_dir: Path, with_plots: bool = True,
+                 more_sections: MoreSections | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (plots in ``report_plots/``) for ``paths`` into ``out_dir``.
 
     ``with_plots=False`` gives the tables only (fast on a workspace of hundreds of runs): no plot, no gallery.
+    ``more_sections`` (e.g. :func:`mela.experiments.aggregate.report_sections`) adds sections after the
+    pipelines'; without it the report has no aggregate over seeds.
     """
     pipelines, runs = discover(paths)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots_dir = out_dir / PLOTS_DIR if with_plots else None
-    from mela.experiments.aggregate import report_sections
-
     in_pipelines = {r.path.resolve() for p in pipelines for r in p.runs.values()}
+    evals = [r.path for r in runs if r.step == "meta_eval" and r.path.resolve() not in in_pipelines]
     sections = (pipeline_sections(pipelines, plots_dir)
-                + report_sections([p.path for p in pipelines], [r.path for r in runs if r.step == "meta_eval"
-                                                                 and r.path.resolve() not in in_pipelines], plots_dir)
+                + (more_sections([p.path for p in pipelines], evals, plots_dir) if more_sections else [])
                 + run_sections(runs, plots_dir, out_dir if with_plots else None))
     title = "mela report"
     intro = Section("Sources", [f"{len(pipelines)} pipeline(s) and {len(runs)} run(s) from "
@@ -478,8 +495,9 @@ def write_report(paths: list[Path], out_dir: Path, with_plots: bool = True) -> t
     return md_path, html_path
 
 
-def main(argv: list[str]) -> int:
-    """``mela report PATH... [--out DIR]``: prints the two files' paths."""
+def main(argv: list[str], more_sections: MoreSections | None = None) -> int:
+    """``mela report PATH... [--out DIR]``: prints the two files' paths (``more_sections``: as
+    :func:`write_report`)."""
     parser = argparse.ArgumentParser(prog="mela report", description="A Markdown and a self-contained HTML report "
                                      "across runs: run folders, pipeline folders or a workspace.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
@@ -488,7 +506,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-plots", action="store_true", help="tables only: no plot is drawn or embedded")
     args = parser.parse_args(argv)
     out = args.out or (args.paths[0] if len(args.paths) == 1 else Path("."))
-    md_path, html_path = write_report(args.paths, out, with_plots=not args.no_plots)
+    md_path, html_path = write_report(args.paths, out, with_plots=not args.no_plots, more_sections=more_sections)
     print(md_path)
     print(html_path)
     return 0

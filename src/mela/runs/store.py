@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,6 @@ from mela.jsonio import json_safe, read_json, write_json_atomic
 from mela.runlock import RunLock
 from mela.workspace import init_workspace, saves_dir, workspace_root
 
-STEPS = ("learn_meta_repr", "learn_labeler", "fine_tune", "meta_eval", "sup_baseline")
 MODEL_FILE = "model.pt"
 DONE_FILE = "done.json"
 NO_MODEL = (None, False, "", "false", "False", "null", "none")
@@ -47,6 +46,8 @@ class RunSettings:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         seed: seeds torch's global generator at the start (every sampler has its own seeded generator).
         trial: the reference's trial tag, part of the default run name.
+        free_keys: config keys a rerun may change, since they do not define the result (the settings registry's,
+            :func:`mela.config.settings.free_keys`); every other key of the saved config must match to resume.
     """
 
     workspace: str | None = None
@@ -54,6 +55,7 @@ class RunSettings:
     device: str = "auto"
     seed: int = 0
     trial: str = "0"
+    free_keys: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.run_name is not None:
@@ -230,17 +232,17 @@ def default_run_name(dataset: str, model_name: str, trial: str) -> str:
     return f"{dataset}_{model_name}_trial{trial}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-# Settings that do not change what a run computes: a rerun may change them freely.
-NOT_DEFINING = frozenset({"device", "progress", "workspace", "run_name", "num_workers", "tensorboard", "plots",
-                          "logger_name", "trial", "precision", "channels_last", "world_size"})
+# Keys the store itself adds to a run's config.yaml: how it ran, not what it computes.
+RECORDED_KEYS = frozenset({"world_size"})
 
 
-def differing_settings(saved: Mapping, new: Mapping) -> list[str]:
+def differing_settings(saved: Mapping, new: Mapping, free: Collection[str] = ()) -> list[str]:
     """Keys whose values define the result and differ between a run's saved config and a new one.
 
+    ``free``: keys that do not define the result (a rerun may change them; the step's ``RunSettings.free_keys``).
     ``epochs`` may grow (training longer resumes from the last epoch); it may not shrink.
     """
-    keys = sorted((set(saved) | set(new)) - NOT_DEFINING)
+    keys = sorted((set(saved) | set(new)) - RECORDED_KEYS - set(free))
     out = []
     for key in keys:
         old, now = saved.get(key), new.get(key)
@@ -251,26 +253,27 @@ def differing_settings(saved: Mapping, new: Mapping) -> list[str]:
     return out
 
 
-def check_reuse(run_dir: Path, config: Mapping) -> None:
-    """Refuse to reopen ``run_dir`` with settings that would change what its files hold."""
+def check_reuse(run_dir: Path, config: Mapping, free: Collection[str] = ()) -> None:
+    """Refuse to reopen ``run_dir`` with settings that would change what its files hold (``free``: keys that
+    do not define the result)."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return
     saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
-    differ = differing_settings(saved, dict(config))
+    differ = differing_settings(saved, dict(config), free)
     if differ:
         raise MelaError(f"run {run_dir.name} was started with other settings ({'; '.join(differ)}); rerun with its "
                         "own settings to resume it, or pick a new run_name")
 
 
 def _open_run_folder(store: RunStore, run_dir: Path, lock: RunLock, step: str, config: Mapping,
-                     resumable: bool) -> tuple[bool, logging.Logger]:
+                     resumable: bool, free: Collection[str]) -> tuple[bool, logging.Logger]:
     """Lock the run folder (creating it, or reopening it), check and save the config, open the log (rank 0)."""
     init_workspace(store.root)
     created = not run_dir.exists()
     lock.acquire()
     try:
-        check_reuse(run_dir, config)
+        check_reuse(run_dir, config, free)
         if (run_dir / DONE_FILE).exists() and not resumable:
             (run_dir / DONE_FILE).unlink()  # an evaluation reruns whole; its results are rewritten
         saved = dict(config)
@@ -309,7 +312,7 @@ def start_run(settings: RunSettings, step: str, dataset: Dataset | TaskDataset |
     created = False
     if distributed.is_main():
         try:
-            created, logger = _open_run_folder(store, run_dir, lock, step, config, resumable)
+            created, logger = _open_run_folder(store, run_dir, lock, step, config, resumable, settings.free_keys)
         except BaseException as exc:
             distributed.broadcast_object(str(exc) if isinstance(exc, MelaError) else f"rank 0 failed: {exc!r}")
             raise

@@ -30,7 +30,7 @@ class FineTuneSettings:
 
 
 def read_settings(cfg: DictConfig) -> FineTuneSettings:
-    return FineTuneSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
+    return FineTuneSettings(readers.read_run(cfg, STEP), readers.read_dataset(cfg), str(cfg.model),
                             readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model) or "latest",
                             readers.read_episodic(cfg), readers.record(cfg))
 

@@ -22,14 +22,10 @@ from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import ReportSettings, check_validation_data
 from mela.errors import MelaError
 from mela.methods.centroids_io import load_centroids_file
-from mela.methods.collection_labels import (
-    GLOBAL_LABELS_FILE,
-    collection_image_features,
-    ragged_features,
-    write_global_classes,
-)
+from mela.methods.collection_labels import GLOBAL_LABELS_FILE, ragged_features, write_global_classes
 from mela.methods.doubt import labels_doubt, precision_at, truth_flags
-from mela.methods.global_labels import GlobalLabels, infer_global_labels, pile_features
+from mela.methods.global_labels import GlobalLabels, infer_global_labels
+from mela.methods.label_views import LabellingViews, collection_view_features, pile_view_features
 from mela.methods.labeler import LabelerConfig, RaggedFeatures, clustering_report, key_spread
 from mela.methods.labels_file import (
     ClassIndex,
@@ -41,7 +37,8 @@ from mela.methods.labels_file import (
 )
 from mela.models.feature_model import FeatureModel
 from mela.models.registry import check_model_name
-from mela.runs.store import MODEL_FILE, STEPS, Run, RunSettings, RunStore, start_run
+from mela.runs.store import MODEL_FILE, Run, RunSettings, RunStore, start_run
+from mela.steps.registry import model_steps
 from mela.workspace import data_dir
 
 STEP = "learn_labeler"
@@ -85,6 +82,7 @@ class LearnLabelerSettings:
     config: Mapping
     labels: LabelsSettings = field(default_factory=LabelsSettings)
     model_options: Mapping = field(default_factory=dict)  # for train_model
+    views: LabellingViews = field(default_factory=LabellingViews)  # data_aug, rotate_aug: the labelling features
 
     def __post_init__(self) -> None:
         if self.labels.global_labels and self.pretrained_centroids:
@@ -97,12 +95,13 @@ def read_settings(cfg: DictConfig) -> LearnLabelerSettings:
     labels = LabelsSettings(readers.model_ref(cfg.get("global_labels")), bool(cfg.get("global_labels_allow_shared")),
                             int(cfg.get("gallery_top", 50)), bool(cfg.get("gallery", True)))
     return LearnLabelerSettings(
-        readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.label_recovery_model), str(cfg.train_model),
+        readers.read_run(cfg, STEP), readers.read_dataset(cfg), str(cfg.label_recovery_model), str(cfg.train_model),
         readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_labeler),
         readers.model_ref(cfg.pretrained_centroids), readers.model_ref(cfg.pretrained_model), readers.read_shape(cfg),
         bool(cfg.no_replacement), int(cfg.train_db_size), readers.read_labeler(cfg),
         readers.read_supervised(cfg, "sup_data_aug", "sup_rotate_aug"), readers.record(cfg), labels,
-        readers.read_model_options(cfg, "train_model"))
+        readers.read_model_options(cfg, "train_model"),
+        LabellingViews(readers.read_augment(cfg, "data_aug"), bool(cfg.rotate_aug), int(cfg.seed)))
 
 
 def load_centroids(ref: str | None, store: RunStore, feat_dim: int, n_ways: int) -> np.ndarray | None:
@@ -150,7 +149,7 @@ def run(settings: LearnLabelerSettings, dataset: Dataset | TaskDataset | None = 
                                     settings.label_recovery_model)
     if labeler_path is None:
         raise MelaError("learn_labeler needs the learn_meta_repr model: set pretrained_labeler=latest, a run or a file")
-    start = store.find_model(settings.pretrained_model, STEPS, None, settings.train_model)
+    start = store.find_model(settings.pretrained_model, model_steps(), None, settings.train_model)
     check_data(settings, data)
     peeked = peek_model(labeler_path)
     if peeked.spec.backbone != settings.label_recovery_model:
@@ -192,13 +191,20 @@ def class_index(data: Dataset | TaskDataset, pile: np.ndarray | None) -> ClassIn
     return ClassIndex.from_pile(pile, data.identity)
 
 
+def _views_note(views: LabellingViews) -> str:
+    """How the labelling features see the images, for the log (nothing for the plain images)."""
+    seen = [what for what, on in (("augmented views (data_aug)", views.augment.enabled),
+                                  ("the mean of 4 rotations (rotate_aug)", views.rotations)) if on]
+    return f", features from {' and '.join(seen)}" if seen else ""
+
+
 def _label_pile(run: Run, settings: LearnLabelerSettings, data: Dataset, tasks: np.ndarray, model: FeatureModel,
                 labeler_path: Path, centroids: np.ndarray | None) -> tuple[ImageSplit, np.ndarray, np.ndarray, dict]:
     """Cluster a sampled pile of a base data set (or read its labels from a file); returns its images, the
     labelled items' rows and labels, and the report."""
     train = data.split("train")
-    run.log(f"labelling {len(tasks)} tasks with {labeler_path}")
-    features = pile_features(model, train, tasks, data.mean, data.std, run.device)  # every rank its share
+    run.log(f"labelling {len(tasks)} tasks with {labeler_path}{_views_note(settings.views)}")
+    features = pile_view_features(model, train, tasks, data.mean, data.std, run.device, settings.views)  # per rank
     labelled = None
     if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
         index = class_index(data, tasks)
@@ -217,8 +223,9 @@ def _label_collection(run: Run, settings: LearnLabelerSettings, data: TaskDatase
     """Cluster the training tasks of a collection as given (or read their labels from a file), and write the
     labels per task class and class."""
     train = data.tasks("train")
-    run.log(f"labelling {train.n_tasks} tasks ({train.n_classes} task classes) with {labeler_path}")
-    image_features = collection_image_features(model, train, data.mean, data.std, run.device)  # every rank
+    run.log(f"labelling {train.n_tasks} tasks ({train.n_classes} task classes) with {labeler_path}"
+            f"{_views_note(settings.views)}")
+    image_features = collection_view_features(model, train, data.mean, data.std, run.device, settings.views)
     labelled = None
     if distributed.is_main():  # the labeler is sequential: it runs once, and its labels go to every rank
         index = class_index(data, None)
@@ -377,6 +384,11 @@ def _publish_labels(run: Run, settings: LearnLabelerSettings, labels: GlobalLabe
         run.log(f"count check: {check['clusters_lower']} clusters with K={check['K_lower']}, {check['clusters']} "
                 f"with K={check['K']} (slope {check['slope']:.2f}; near 0 the data set the count, near 1 K did); "
                 f"the two labellings agree at ARI {check['agreement']:.3f}")
+    split = labels.diagnostics.get("oversplit")
+    if split:
+        run.log(f"over-split check: {split['looks_split']} classes look split over {split['clusters_involved']} of the "
+                f"{split['classes']} global classes ({100 * split['split_share']:.1f}%; warns above "
+                f"{100 * split['max_share']:.0f}%)")
     if labels.warning:
         run.log(f"WARNING: {labels.warning}")
     if true_classes is None:

@@ -12,7 +12,8 @@ from mela.data.registry import Dataset, DatasetRef, open_dataset
 from mela.engine.checkpoint import initial_model, model_metadata
 from mela.engine.episodic import EpisodicSettings, check_episodic_data, train_episodic
 from mela.models.registry import check_model_name
-from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
+from mela.runs.store import MODEL_FILE, RunSettings, RunStore, start_run
+from mela.steps.registry import model_steps
 from mela.workspace import data_dir
 
 STEP = "learn_meta_repr"
@@ -32,7 +33,7 @@ class LearnMetaReprSettings:
 
 def read_settings(cfg: DictConfig) -> LearnMetaReprSettings:
     check_model_name(str(cfg.model))
-    return LearnMetaReprSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
+    return LearnMetaReprSettings(readers.read_run(cfg, STEP), readers.read_dataset(cfg), str(cfg.model),
                                  readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model),
                                  readers.read_episodic(cfg), readers.record(cfg),
                                  model_options=readers.read_model_options(cfg))
@@ -47,7 +48,7 @@ def run(settings: LearnMetaReprSettings, dataset: Dataset | None = None) -> dict
     """Train, validate, and publish ``model.pt`` (best by validation at ``val_n_shots``)."""
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
+    start = store.find_model(settings.pretrained_model, model_steps(), None, settings.model)
     check_data(settings, data)
     train, val = data.episode_data("train"), data.episode_data("val")
     with start_run(settings.run, STEP, data, settings.model, settings.config,

@@ -23,14 +23,16 @@ from mela.engine.precision import Compute, ComputeSettings
 from mela.errors import MelaError
 from mela.methods.evaluator import EvalProtocol, evaluate_collection, evaluate_model
 from mela.models.feature_model import FeatureModel, check_feat_dim
-from mela.reporting.columns import row_column
+from mela.reporting.columns import HELD_OUT_1SHOT_COLUMN, HELD_OUT_COLUMN, row_column
 from mela.runs.store import Run, RunSettings, RunStore, start_run
 from mela.runs.task_results import HELD_OUT_SCHEME, PER_TASK_FILE, SHOT_SCHEME, write_per_task
+from mela.steps.registry import model_steps
 from mela.workspace import data_dir
 
 STEP = "meta_eval"
-HELD_OUT_COLUMN = "held-out tasks"
-PRODUCERS = ("fine_tune", "learn_labeler", "sup_baseline", "learn_meta_repr")
+# The support images per class of each view of the held-out tasks (None: half of the class, at least one).
+HELD_OUT_VIEWS = ((HELD_OUT_COLUMN, None), (HELD_OUT_1SHOT_COLUMN, 1))
+PRODUCERS = model_steps(refined_first=True)  # where `latest` and a run name look, the most refined model first
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def read_settings(cfg: DictConfig) -> MetaEvalSettings:
             raise MelaError("eval_dataset names a data set of labelled images (e.g. glyphs); the held-out tasks of a "
                             "collection are evaluated anyway")
         eval_dataset = dataclasses.replace(dataset, name=name, tasks_path=None)
-    return MetaEvalSettings(readers.read_run(cfg), dataset, str(cfg.model),
+    return MetaEvalSettings(readers.read_run(cfg, STEP), dataset, str(cfg.model),
                             readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model), producers,
                             str(cfg.split), shapes, int(cfg.test_db_size), readers.read_protocol(cfg, str(cfg.head)),
                             readers.record(cfg), eval_dataset, readers.read_compute(cfg))
@@ -139,7 +141,7 @@ def run(settings: MetaEvalSettings, dataset: Dataset | TaskDataset | None = None
         rows = []
         if isinstance(data, TaskDataset):
             if len(data.indices["test"]):
-                rows.append(_held_out_row(run, settings, data, model, compute, normalised_as))
+                rows += _held_out_rows(run, settings, data, model, compute, normalised_as)
         else:
             rows += _shot_rows(run, settings, data, normalised_as, model, compute)
         if other is not None:
@@ -187,23 +189,39 @@ def _shot_rows(run: Run, settings: MetaEvalSettings, data: Dataset, normalised_a
     return rows
 
 
-def _held_out_row(run: Run, settings: MetaEvalSettings, data: TaskDataset, model: FeatureModel,
-                  compute: Compute, normalised_as: Normalisation) -> dict:
-    """Accuracy inside each held-out task: half of each class's images as support, the rest as queries."""
+def _held_out_rows(run: Run, settings: MetaEvalSettings, data: TaskDataset, model: FeatureModel,
+                   compute: Compute, normalised_as: Normalisation) -> list[dict]:
+    """Accuracy inside each held-out task, in two views (features extracted once): half of each class's images as
+    support, the rest as queries (``held-out tasks``); and one support image per class, the rest of the class as
+    queries (``held-out tasks 1-shot``).
+
+    Both views split task ``t`` with ``default_rng([seed, t])``, so every model sees the same support images
+    (paired comparisons); the 1-shot support of a class is the first image of the same permutation. A class of one
+    image has no query: it stays in the support (a distractor the head must still tell apart) and is not scored;
+    a task with no class of two images is left out of both views, so both score the same tasks.
+    """
     held_out = data.tasks("test")
-    result = evaluate_collection(model, held_out, [None], settings.protocol, normalised_as.mean, normalised_as.std,
-                                 run.device, seed=settings.run.seed, compute=compute)[0]
-    acc = result.accuracy
-    left_out = []
-    if result.unscored_classes:
-        left_out.append(f"{result.unscored_classes} single-image classes not scored (support only)")
-    if result.unscored_tasks:
-        left_out.append(f"{result.unscored_tasks} tasks without a class of two images left out")
-    run.log(f"held-out tasks ({held_out.n_tasks} of the collection, each evaluated inside itself): {acc.acc:.2f} ± "
-            f"{acc.ci:.2f} (95% CI, {acc.n_tasks} tasks)" + (f"; {', '.join(left_out)}" if left_out else ""))
-    task_ids = hashlib.sha1(np.ascontiguousarray(result.task_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
-    return {"shots": None, "column": HELD_OUT_COLUMN, "acc": acc.acc, "ci": acc.ci, "tasks": acc.n_tasks,
-            "unscored_classes": result.unscored_classes, "unscored_tasks": result.unscored_tasks,
-            "task_set": {"dataset": data.identity, "split": "test", "n_tasks": held_out.n_tasks,
-                         "seed": settings.run.seed, "scheme": HELD_OUT_SCHEME, "digest": task_ids},
-            "per_task": result.per_task}
+    results = evaluate_collection(model, held_out, [shots for _, shots in HELD_OUT_VIEWS], settings.protocol,
+                                  normalised_as.mean, normalised_as.std, run.device, seed=settings.run.seed,
+                                  compute=compute)
+    rows = []
+    for (column, shots), result in zip(HELD_OUT_VIEWS, results, strict=True):
+        acc = result.accuracy
+        left_out = []
+        if result.unscored_classes:
+            left_out.append(f"{result.unscored_classes} single-image classes not scored (support only)")
+        if result.unscored_tasks:
+            left_out.append(f"{result.unscored_tasks} tasks without a class of two images left out")
+        support = "half of each class" if shots is None else f"{shots} image per class"
+        run.log(f"{column} ({held_out.n_tasks} of the collection, each evaluated inside itself, {support} as "
+                f"support): {acc.acc:.2f} ± {acc.ci:.2f} (95% CI, {acc.n_tasks} tasks)"
+                + (f"; {', '.join(left_out)}" if left_out else ""))
+        task_ids = hashlib.sha1(np.ascontiguousarray(result.task_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+        task_set = {"dataset": data.identity, "split": "test", "n_tasks": held_out.n_tasks,
+                    "seed": settings.run.seed, "scheme": HELD_OUT_SCHEME, "digest": task_ids}
+        if shots is not None:  # the half view's task set keeps its earlier form, so earlier runs still pair with it
+            task_set["support_per_class"] = shots
+        rows.append({"shots": shots, "column": column, "acc": acc.acc, "ci": acc.ci, "tasks": acc.n_tasks,
+                     "unscored_classes": result.unscored_classes, "unscored_tasks": result.unscored_tasks,
+                     "task_set": task_set, "per_task": result.per_task})
+    return rows

@@ -27,16 +27,16 @@ from mela.reporting.columns import columns_of, row_column
 from mela.runlock import RunLock
 from mela.runs.store import RunSettings, RunStore, check_reuse
 from mela.runs.task_results import PER_TASK_FILE, model_tasks, write_per_task
-from mela.steps import fine_tune, learn_labeler, learn_meta_repr, meta_eval, sup_baseline
+from mela.steps import meta_eval
+from mela.steps.registry import pipeline_steps, step_info
 from mela.workspace import data_dir, init_workspace, saves_dir, workspace_root
 
-# The training steps, in the order they run; each module has read_settings, check_data and run.
-STEP_MODULES = {"learn_meta_repr": learn_meta_repr, "learn_labeler": learn_labeler, "fine_tune": fine_tune,
-                "sup_baseline": sup_baseline}
+# The training steps (the step registry's with a results row), in the order they run; each module has
+# read_settings, check_data and run.
+STEP_MODULES = {info.name: info.load() for info in pipeline_steps()}
 TRAINING_STEPS: dict[str, Callable[..., dict]] = {step: module.run for step, module in STEP_MODULES.items()}
 # Which trained model each results row evaluates.
-EVALUATED = (("meta_repr", "learn_meta_repr"), ("mela", "learn_labeler"), ("mela_finetune", "fine_tune"),
-             ("oracle", "sup_baseline"))
+EVALUATED = tuple((str(info.pipeline_row), info.name) for info in pipeline_steps())
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,18 @@ class PipelineSettings:
 def read_settings(cfg: DictConfig) -> PipelineSettings:
     """Compose and read every step's config, once; a bad value anywhere fails here."""
     check_model_name(str(cfg.model))
-    run_settings = readers.read_run(cfg)
+    run_settings = readers.read_run(cfg, "pipeline")
     run_name = run_settings.run_name or f"{cfg.dataset}_{cfg.model}_{time.strftime('%Y%m%d-%H%M%S')}"
     saves = saves_dir(workspace_root(run_settings.workspace))
-    refs = {"learn_labeler": {"pretrained_labeler": str(saves / "learn_meta_repr" / run_name)},
-            "fine_tune": {"pretrained_model": str(saves / "learn_labeler" / run_name)}}
+    # Each step that starts from another's model (learn_labeler, fine_tune) takes that step's run of this pipeline.
+    refs = {info.name: {info.model_from[0]: str(saves / info.model_from[1] / run_name)}
+            for info in pipeline_steps() if info.model_from is not None}
     steps = {step: module.read_settings(compose_pipeline_step(cfg, step, run_name, refs.get(step)))
              for step, module in STEP_MODULES.items()}
     evaluation = meta_eval.read_settings(compose_pipeline_step(cfg, "meta_eval", run_name))
     config = {**readers.record(cfg), "run_name": run_name}
-    return PipelineSettings(RunSettings(run_settings.workspace, run_name, run_settings.device, run_settings.seed),
+    return PipelineSettings(RunSettings(run_settings.workspace, run_name, run_settings.device, run_settings.seed,
+                                        free_keys=run_settings.free_keys),
                             readers.read_dataset(cfg), str(cfg.model), steps, evaluation, config, bool(cfg.plots))
 
 
@@ -106,14 +108,15 @@ def run(settings: PipelineSettings, dataset: Dataset | None = None) -> dict:
         return _run_steps(settings, store, data, other, pipeline_dir, started)
     init_workspace(store.root)
     with RunLock(pipeline_dir):
-        check_reuse(pipeline_dir, settings.config)  # a rerun resumes the same pipeline, never another one
+        check_reuse(pipeline_dir, settings.config, settings.run.free_keys)  # the same pipeline, never another one
         OmegaConf.save(OmegaConf.create(dict(settings.config)), pipeline_dir / "config.yaml")
         return _run_steps(settings, store, data, other, pipeline_dir, started)
 
 
 def steps_for(data: Dataset | TaskDataset) -> list[str]:
-    """The training steps that run on ``data``: all, except the oracle on tasks without true labels."""
-    return [step for step in STEP_MODULES if step != "sup_baseline" or data.has_truth]
+    """The training steps that run on ``data``: all, except those that need true labels (the oracle) on tasks
+    without them."""
+    return [step for step in STEP_MODULES if not step_info(step).needs_truth or data.has_truth]
 
 
 def check_data(settings: PipelineSettings, data: Dataset | TaskDataset, other: Dataset | None = None) -> None:
@@ -128,9 +131,10 @@ def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset | Task
     run_name = str(settings.run.run_name)
     outcomes: dict[str, dict] = {}
     steps = steps_for(data)
-    if "sup_baseline" not in steps:
-        print("[pipeline] sup_baseline: skipped (the task collection has no true labels: give tasks_truth=truth.csv "
-              "to train the oracle)")
+    for step in STEP_MODULES:
+        if step not in steps:
+            print(f"[pipeline] {step}: skipped (the task collection has no true labels: give tasks_truth=truth.csv "
+                  "to train it)")
     for step, step_run in TRAINING_STEPS.items():
         if step not in steps:
             continue
@@ -181,11 +185,12 @@ def _run_steps(settings: PipelineSettings, store: RunStore, data: Dataset | Task
 def write_pipeline_report(pipeline_dir: Path, results: Mapping, plots: bool) -> tuple[Path, Path]:
     """``accuracy.png`` (95 % CIs per model and shot count) and ``report.md`` / ``report.html`` across the
     pipeline's runs, in the pipeline folder."""
+    from mela.experiments.aggregate import report_sections
     from mela.reporting import plots as drawing
     from mela.reporting.report import ACCURACY_PNG, write_report
 
     if plots:
         drawing.pipeline_accuracy(results["rows"], pipeline_dir / ACCURACY_PNG,
                                   title=f"{results['run_name']}: {results['dataset']} / {results['model']}")
-    return write_report([pipeline_dir], pipeline_dir, with_plots=plots)
+    return write_report([pipeline_dir], pipeline_dir, with_plots=plots, more_sections=report_sections)
 

@@ -18,7 +18,8 @@ from mela.engine.supervised import SupervisedSettings, train_supervised
 from mela.engine.trainer import check_validation_data
 from mela.errors import MelaError
 from mela.models.registry import check_model_name
-from mela.runs.store import MODEL_FILE, STEPS, RunSettings, RunStore, start_run
+from mela.runs.store import MODEL_FILE, RunSettings, RunStore, start_run
+from mela.steps.registry import model_steps
 from mela.workspace import data_dir
 
 STEP = "sup_baseline"
@@ -38,7 +39,7 @@ class SupBaselineSettings:
 
 def read_settings(cfg: DictConfig) -> SupBaselineSettings:
     check_model_name(str(cfg.model))
-    return SupBaselineSettings(readers.read_run(cfg), readers.read_dataset(cfg), str(cfg.model),
+    return SupBaselineSettings(readers.read_run(cfg, STEP), readers.read_dataset(cfg), str(cfg.model),
                                readers.read_feat_dim(cfg), readers.model_ref(cfg.pretrained_model),
                                readers.read_supervised(cfg), readers.record(cfg),
                                model_options=readers.read_model_options(cfg))
@@ -67,7 +68,7 @@ def check_data(settings: SupBaselineSettings, data: Dataset | TaskDataset) -> No
 def run(settings: SupBaselineSettings, dataset: Dataset | TaskDataset | None = None) -> dict:
     store = RunStore(settings.run.workspace)
     data = dataset or open_dataset(settings.dataset, data_dir(store.root))
-    start = store.find_model(settings.pretrained_model, STEPS, None, settings.model)
+    start = store.find_model(settings.pretrained_model, model_steps(), None, settings.model)
     check_data(settings, data)
     train, val = data.episode_data("train"), data.episode_data("val")
     with start_run(settings.run, STEP, data, settings.model, settings.config,

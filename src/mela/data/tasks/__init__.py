@@ -40,7 +40,8 @@ order of first use. The same tasks therefore load into the same collection from 
 Modules: :mod:`~mela.data.tasks.collection` (the representation), :mod:`~mela.data.tasks.episodes` (held-out
 tasks, support/query splits, scorable tasks), :mod:`~mela.data.tasks.build` (the loading engine every form
 shares), :mod:`~mela.data.tasks.formats` (the three input forms and :func:`load_tasks`),
-:mod:`~mela.data.tasks.truth` (``truth.csv``).
+:mod:`~mela.data.tasks.truth` (``truth.csv``), :mod:`~mela.data.tasks.options` (:class:`LoadOptions`, what every
+form reads from the user's settings).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from mela.data.tasks.build import DEFAULT_IMAGE_SIZE
 from mela.data.tasks.collection import SKIP_REASONS, SkippedTask, TaskCollection
 from mela.data.tasks.episodes import SupportQuery, check_scorable, scorable_tasks, support_query, tasks_holdout
 from mela.data.tasks.formats import MANIFEST_COLUMNS, MANIFEST_FILE, from_pairs, load_folder, load_manifest, load_tasks
+from mela.data.tasks.options import LoadOptions
 from mela.data.tasks.truth import TRUTH_COLUMNS, TRUTH_FILE, attach_truth, read_truth
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "SKIP_REASONS",
     "TRUTH_COLUMNS",
     "TRUTH_FILE",
+    "LoadOptions",
     "SkippedTask",
     "SupportQuery",
     "TaskCollection",

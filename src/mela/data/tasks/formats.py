@@ -16,6 +16,7 @@ import numpy as np
 from mela.data.images import is_image_file
 from mela.data.tasks.build import _ArrayReader, _build, _Draft, _FileReader, _Problems
 from mela.data.tasks.collection import TaskCollection
+from mela.data.tasks.options import LoadOptions
 from mela.data.tasks.truth import TRUTH_FILE, _header_columns, _truth_for
 from mela.errors import MelaError
 
@@ -36,9 +37,9 @@ class _Interner:
         return found
 
 
-def load_folder(root: str | Path, *, image_size: int | None = None, truth: str | Path | None = None,
-                skip_bad_tasks: bool = False) -> TaskCollection:
-    """``root/<task_id>/<local_class>/<image files>``; ``root/truth.csv`` is read when present (or ``truth``)."""
+def load_folder(root: str | Path, options: LoadOptions = LoadOptions()) -> TaskCollection:
+    """``root/<task_id>/<local_class>/<image files>``; ``root/truth.csv`` is read when present (or
+    ``options.truth``)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise MelaError(f"task folder {root} does not exist; pass a folder of task folders of class folders")
@@ -75,12 +76,12 @@ def load_folder(root: str | Path, *, image_size: int | None = None, truth: str |
     draft.row_label = np.asarray(row_label, dtype=np.int64)
     draft.row_source = np.arange(len(paths), dtype=np.int64)
     draft.n_sources = len(paths)
-    truth_map, truth_where = _truth_for(root / TRUTH_FILE, truth)
-    return _build(draft, _FileReader(paths), image_size, _Problems(skip_bad_tasks), truth_map, truth_where)
+    truth_map, truth_where = _truth_for(root / TRUTH_FILE, options.truth)
+    return _build(draft, _FileReader(paths), options.image_size, _Problems(options.skip_bad_tasks), truth_map,
+                  truth_where)
 
 
-def load_manifest(path: str | Path, *, image_size: int | None = None, truth: str | Path | None = None,
-                  skip_bad_tasks: bool = False) -> TaskCollection:
+def load_manifest(path: str | Path, options: LoadOptions = LoadOptions()) -> TaskCollection:
     """A CSV ``path,task,local_label`` (paths relative to its folder), streamed; ``truth.csv`` beside it is read.
 
     Rows become three integer arrays (task, label, file) with interned names, so memory grows with the rows
@@ -118,7 +119,7 @@ def load_manifest(path: str | Path, *, image_size: int | None = None, truth: str
     draft = _Draft(str(path), tasks.names, labels.names, row_task[:n].copy(), row_label[:n].copy(),
                    row_source[:n].copy(), len(files.names), lambda r: f"{path} line {row_line[r]}",
                    lambda s: files.names[s])
-    problems = _Problems(skip_bad_tasks)
+    problems = _Problems(options.skip_bad_tasks)
     if not n:
         raise MelaError(f"manifest {path} has a header but no rows; add one row path,task,local_label per image")
     missing = [s for s, name in enumerate(files.names) if not os.path.isfile(name)]
@@ -127,18 +128,22 @@ def load_manifest(path: str | Path, *, image_size: int | None = None, truth: str
         problems.add(t, tasks.names[t], "missing_file",
                      f"{path} line {row_line[r]}: task '{tasks.names[t]}' file {files.names[draft.row_source[r]]} "
                      "does not exist; fix the path (relative to the manifest's folder) or remove the row")
-    truth_map, truth_where = _truth_for(base / TRUTH_FILE, truth)
-    return _build(draft, _FileReader(files.names), image_size, problems, truth_map, truth_where)
+    truth_map, truth_where = _truth_for(base / TRUTH_FILE, options.truth)
+    return _build(draft, _FileReader(files.names), options.image_size, problems, truth_map, truth_where)
 
 
-def from_pairs(pairs: Sequence[tuple], *, task_ids: Sequence[str] | None = None, image_size: int | None = None,
-               skip_bad_tasks: bool = False) -> TaskCollection:
+def from_pairs(pairs: Sequence[tuple], *, task_ids: Sequence[str] | None = None,
+               options: LoadOptions = LoadOptions()) -> TaskCollection:
     """Tasks from Python: one ``(images, local_labels)`` or ``(images, local_labels, global_labels)`` per task.
 
     ``images`` is an (n, H, W[, C]) uint8 array or a list of images (arrays or PIL images, any sizes);
     ``local_labels`` n names or ids of the image's class inside the task; optional ``global_labels`` n true
     global classes (one per local class; used to score the labeler only). Task ids default to "0", "1", ...
+    ``options.truth`` does not apply here: the global labels come with the pairs.
     """
+    if options.truth is not None:
+        raise MelaError("tasks given as Python pairs take their true global labels in the pairs "
+                        "(images, local_labels, global_labels), not from a truth file; leave truth unset")
     if task_ids is not None and len(task_ids) != len(pairs):
         raise MelaError(f"{len(task_ids)} task ids for {len(pairs)} tasks; give one id per task")
     ids = [str(t) for t in task_ids] if task_ids is not None else [str(i) for i in range(len(pairs))]
@@ -176,8 +181,8 @@ def from_pairs(pairs: Sequence[tuple], *, task_ids: Sequence[str] | None = None,
     draft = _Draft("python", tasks.names, labels.names, np.asarray(row_task, dtype=np.int64),
                    np.asarray(row_label, dtype=np.int64), np.arange(len(arrays), dtype=np.int64), len(arrays),
                    lambda r: where[r], lambda s: where[s])
-    return _build(draft, _ArrayReader(arrays, lambda s: where[s]), image_size, _Problems(skip_bad_tasks), truth or None,
-                  "the global labels")
+    return _build(draft, _ArrayReader(arrays, lambda s: where[s]), options.image_size,
+                  _Problems(options.skip_bad_tasks), truth or None, "the global labels")
 
 
 LOADERS: dict[str, Callable[..., TaskCollection]] = {"folder": load_folder, "manifest": load_manifest}
@@ -194,8 +199,7 @@ def source_kind(path: Path) -> tuple[str, Path] | None:
     return None
 
 
-def load_tasks(path: str | Path, *, image_size: int | None = None, truth: str | Path | None = None,
-               skip_bad_tasks: bool = False) -> TaskCollection:
+def load_tasks(path: str | Path, options: LoadOptions = LoadOptions()) -> TaskCollection:
     """A task collection from a folder of task folders, a ``.csv`` manifest, or a folder holding ``manifest.csv``."""
     path = Path(path).expanduser()
     if not path.exists():
@@ -204,4 +208,4 @@ def load_tasks(path: str | Path, *, image_size: int | None = None, truth: str | 
     if found is None:
         raise MelaError(f"tasks_path {path} is neither a folder of task folders nor a .csv manifest")
     kind, target = found
-    return LOADERS[kind](target, image_size=image_size, truth=truth, skip_bad_tasks=skip_bad_tasks)
+    return LOADERS[kind](target, options)
