@@ -28,6 +28,8 @@ from mela.methods.labeler import (
     key_distances,
     key_spread,
     label_tasks,
+    oversplit_check,
+    oversplit_warning,
     task_keys,
     tasks_kept,
 )
@@ -66,7 +68,8 @@ class GlobalLabels:
         passes: what each clustering pass did (spawned, pruned, merged, ...); empty with given centroids.
         diagnostics: label-free reliability of the labels (``methods.labeler.key_diagnostics``): same- vs
             different-class key distance, cannot-link violations, ``count_check`` (:func:`count_sensitivity`,
-            improved mode) and ``warning`` (a sentence or None).
+            improved mode), ``oversplit`` (``methods.labeler.oversplit_check``: classes that look split) and
+            ``warning`` (a sentence or None).
         task_offsets: (T + 1,) for a ragged pile, task t's classes being
             ``assigned[task_offsets[t]:task_offsets[t + 1]]``; None for a fixed-shape pile.
         key_distances: distance of each task class's key to its centroid, shaped like ``assigned`` (NaN where
@@ -190,6 +193,10 @@ def infer_global_labels(
             diagnostics["count_check"] = check
             warnings = [w for w in (diagnostics["warning"], *count_warnings(check)) if w]
             diagnostics["warning"] = "; ".join(warnings) or None
+    # Reads the labels only: global classes that never share a task yet lie too close to be different classes.
+    diagnostics["oversplit"] = oversplit_check(keys, assigned)
+    diagnostics["warning"] = "; ".join(w for w in (diagnostics["warning"], oversplit_warning(diagnostics["oversplit"]))
+                                       if w) or None
     return GlobalLabels(centroids, assigned, passes, diagnostics, offsets, key_distances(keys, centroids, assigned))
 
 

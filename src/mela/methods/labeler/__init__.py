@@ -4,8 +4,9 @@ Each task's keys belong to distinct global classes (cannot-link); the labeler ke
 task's keys to distinct centroids, spawns, merges and prunes them, and repeats until their number is stable.
 The method, its modes, noise model, diagnostics, ragged piles and scale are described in docs/labeler.md.
 Modules: config (settings), constants, modes (registered modes), keys (ragged containers), distances, noise
-(key spread), assignment (per-task matching, pruning), labelling, merge, fit, diagnostics, scoring. The
-scikit-learn style front, :class:`mela.methods.global_labels.GlobalLabeler`, sits above this package.
+(key spread), assignment (per-task matching, pruning), labelling, merge, fit, diagnostics, oversplit (classes
+that look split), scoring. The scikit-learn style front, :class:`mela.methods.global_labels.GlobalLabeler`,
+sits above this package.
 """
 
 from mela.methods.labeler.assignment import (
@@ -47,15 +48,17 @@ from mela.methods.labeler.noise import (
     same_class_key_distance,
     shared_noise,
 )
+from mela.methods.labeler.oversplit import oversplit_check, oversplit_warning
 from mela.methods.labeler.scoring import clustering_report, purity, with_singletons
 
 __all__ = [
-    "CentroidPairs", "CentroidTable", "Clustering", "KeySpread", "LabelerConfig", "LabelerMode",
-    "RaggedFeatures", "TaskKeys", "as_task_keys", "cheapest_distinct", "cluster_features", "cluster_spread",
-    "clustering_report", "colliding_tasks", "cooccurrence", "cooccurrence_pairs", "debiased_cost",
-    "different_class_chance", "different_class_sq_distances", "effective_dimension", "fit_centroids", "get_mode",
-    "key_diagnostics", "key_distances", "key_noise", "key_spread", "label_tasks", "matched_distinct",
-    "member_means", "merge_candidates", "merge_indistinguishable", "merge_threshold", "nearest_centroids",
-    "nearest_distinct", "paired_sq_distances", "prune_threshold", "purity", "register_mode", "reliability_warning",
-    "same_class_key_distance", "shared_noise", "spawn_threshold", "task_keys", "tasks_kept", "with_singletons",
+    "CentroidPairs", "CentroidTable", "Clustering", "KeySpread", "LabelerConfig", "LabelerMode", "RaggedFeatures",
+    "TaskKeys", "as_task_keys", "cheapest_distinct", "cluster_features", "cluster_spread", "clustering_report",
+    "colliding_tasks", "cooccurrence", "cooccurrence_pairs", "debiased_cost", "different_class_chance",
+    "different_class_sq_distances", "effective_dimension", "fit_centroids", "get_mode", "key_diagnostics",
+    "key_distances", "key_noise", "key_spread", "label_tasks", "matched_distinct", "member_means",
+    "merge_candidates", "merge_indistinguishable", "merge_threshold", "nearest_centroids", "nearest_distinct",
+    "oversplit_check", "oversplit_warning", "paired_sq_distances", "prune_threshold", "purity", "register_mode",
+    "reliability_warning", "same_class_key_distance", "shared_noise", "spawn_threshold", "task_keys", "tasks_kept",
+    "with_singletons",
 ]

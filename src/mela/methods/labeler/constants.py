@@ -18,3 +18,10 @@ DENSE_MERGE_MAX = 256
 # Entries of one block of centroid-centroid products in the sparse merge's radius query (32 MB of float64).
 CHUNK_ENTRIES = 1 << 22
 MERGE_METHODS = ("auto", "dense", "sparse")
+# oversplit_check: a global class looks split when another class would lie as close as its rival (the nearest class
+# never sharing a task with it) with at most this chance; the warning fires above this share of split-looking classes
+# (benchmarks/oversplit_signal.py), and only from this many groups on: each class with a rival looks split by chance
+# with probability up to OVERSPLIT_ALPHA, so in a pile of a few dozen classes one or two groups are chance's.
+OVERSPLIT_ALPHA = 0.05
+MAX_OVERSPLIT_SHARE = 0.05
+MIN_OVERSPLIT_GROUPS = 5
