@@ -1022,8 +1022,10 @@ def test_keys_whose_images_share_a_source_get_the_larger_spread_their_keys_show_
     assigned = label_tasks(task_keys(features), clustering.centroids)
     assert adjusted_rand_score(true.ravel(), assigned.ravel()) >= 0.95
     assert abs(len(np.unique(assigned)) - 120) <= 6
-    # The images alone predict a spread too small: keys of one class would spawn classes of their own.
-    alone = fit_centroids(task_keys(features), LabelerConfig(K=K), key_spread(features))
+    # The images alone predict a spread too small: keys of one class would spawn classes of their own (seen under
+    # the strict merge of mela 0.3; the looser default merge joins most of them back, hiding the spawn test's error).
+    strict = LabelerConfig(K=K, merge_factor=6.0, merge_risk=0.01)
+    alone = fit_centroids(task_keys(features), strict, key_spread(features))
     assert len(alone.centroids) > 1.1 * 120
 
 

@@ -193,5 +193,9 @@ def test_every_shipped_pipeline_config_composes_and_reads_into_settings_for_ever
     assert {s.name for s in settings_of(name)} == set(default_config(name))
     if name == "pipeline_tasks":
         labeler = settings.steps["learn_labeler"].labeler
-        assert (labeler.K, labeler.merge_factor, labeler.merge_risk) == (800, 20.0, 1.0)
+        assert (labeler.K, labeler.merge_factor, labeler.merge_risk) == (400, 20.0, 1.0)
+        # The README's `mela pipeline dataset=tasks tasks_path=...` gets exactly these settings: one default.
+        plain = pipeline.read_settings(compose_config("pipeline", ["dataset=tasks", "run_name=same", *extra]))
+        settings = pipeline.read_settings(compose_config(name, ["run_name=same", *extra]))
+        assert plain.steps == settings.steps
         assert settings.dataset.name == "tasks" and settings.dataset.tasks_path == "/nowhere"

@@ -22,8 +22,8 @@ class LabelerConfig:
     mode: str = "improved"
     max_passes: int = 30
     spawn_factor: float = 8.0
-    merge_factor: float = 6.0
-    merge_risk: float = 0.01
+    merge_factor: float = 20.0
+    merge_risk: float = 1.0
     count_check: bool = True
 
     def __post_init__(self) -> None:
