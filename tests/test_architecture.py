@@ -18,7 +18,7 @@ from pathlib import Path
 
 # The layer contract, from low to high. A module may import from its own layer and from lower layers only; the
 # entries of one layer are peers (they may import one another, without cycles). An entry names a top-level module
-# or subpackage of mela (``data``), or one module in it (``experiments.sweep``); a module's layer is that of the
+# or subpackage of mela (``data``), or one module in it (``methods.ridge``); a module's layer is that of the
 # longest entry it falls under.
 LAYERS: list[set[str]] = [
     {"_version", "errors", "jsonio"},
@@ -32,8 +32,7 @@ LAYERS: list[set[str]] = [
     {"runs"},
     {"config", "conf"},
     {"experiments"},  # aggregate, overrides: reading and comparing finished runs
-    {"steps"},
-    {"experiments.sweep"},  # a sweep runs steps
+    {"steps"},  # the steps, the pipeline and the sweep (steps/sweep.py) that runs them
     {"inference"},
     {"api"},
     {"mela", "__main__", "cli", "data_cli", "inference_cli", "labels_cli", "tasks_cli"},  # mela: the lazy facade

@@ -82,7 +82,7 @@ def _run_step(name: str, args: list[str]) -> int:
         print(_settings_text(config_name))
         return 0
     if any(a in ("-m", "--multirun") for a in args):  # Hydra's multirun: the product of the value lists
-        from mela.experiments.sweep import multirun_args, plan_sweep, run_sweep
+        from mela.steps.sweep import multirun_args, plan_sweep, run_sweep
 
         _, max_jobs, yes, sweep_args = multirun_args(args)
         if "--cfg" in sweep_args:
