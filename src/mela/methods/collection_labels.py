@@ -15,7 +15,7 @@ import torch
 
 from mela.data.tasks import TaskCollection
 from mela.jsonio import write_json_atomic
-from mela.methods.evaluator import extract_features
+from mela.methods.evaluator import Extract, extract_features
 from mela.methods.global_labels import GlobalLabels
 from mela.methods.labeler import RaggedFeatures
 from mela.methods.labels_file import ClassIndex, cluster_names, write_labels_file
@@ -25,10 +25,12 @@ GLOBAL_CLASSES_FILE = "global_classes.json"
 
 
 def collection_image_features(model: torch.nn.Module, collection: TaskCollection, mean: tuple[float, ...],
-                              std: tuple[float, ...], device: torch.device) -> np.ndarray:
-    """(N, d) features of the collection's image rows (rows no task uses are left at zero, never computed)."""
+                              std: tuple[float, ...], device: torch.device,
+                              extract: Extract = extract_features) -> np.ndarray:
+    """(N, d) features of the collection's image rows (rows no task uses are left at zero, never computed);
+    ``extract``: the plain images' features by default (:mod:`mela.methods.label_views` passes its views)."""
     used = np.unique(collection.item_image)
-    computed = extract_features(model, collection.images[used], mean, std, device).numpy()
+    computed = extract(model, collection.images[used], mean, std, device).numpy()
     features = np.zeros((len(collection.images), computed.shape[1]), dtype=computed.dtype)
     features[used] = computed
     return features

@@ -91,14 +91,25 @@ def extract_features(
     was_training = model.training
     model.eval()
     compute.prepare(model)
-    # Under torchrun each rank computes every world_size-th batch (the same batches as one process, so the
-    # same numbers) and the batches are gathered back in order on every rank.
-    starts = list(range(0, len(images), batch_size))
-    out = []
-    for start in distributed.shard(starts):
-        batch = pixel_tensor(images[start:start + batch_size]).to(device)
-        out.append(compute.forward(model, normalize(batch, mean, std)).cpu())
+    out = map_batches(images, batch_size, lambda _start, batch: compute.forward(
+        model, normalize(pixel_tensor(batch).to(device), mean, std)))
     model.train(was_training)
+    return out
+
+
+# What computes (N, d) features of (N, H, W, C) uint8 images: extract_features's signature.
+Extract = Callable[[torch.nn.Module, np.ndarray, tuple, tuple, torch.device], torch.Tensor]
+
+
+def map_batches(images: np.ndarray, batch_size: int,
+                features_of: Callable[[int, np.ndarray], torch.Tensor]) -> torch.Tensor:
+    """``features_of(start, batch)`` on each ``batch_size`` batch of ``images``, concatenated on the CPU.
+
+    Under torchrun each rank computes every world_size-th batch (the same batches as one process, so the same
+    numbers) and the batches are gathered back in order on every rank.
+    """
+    starts = list(range(0, len(images), batch_size))
+    out = [features_of(start, images[start:start + batch_size]).cpu() for start in distributed.shard(starts)]
     if distributed.is_distributed():
         out = distributed.unshard(distributed.all_gather_object(out), len(starts))
     return torch.cat(out) if out else torch.zeros(0)

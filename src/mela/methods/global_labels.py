@@ -15,7 +15,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from mela.data.base import ImageSplit
 from mela.errors import MelaError
-from mela.methods.evaluator import extract_features
+from mela.methods.evaluator import Extract, extract_features
 from mela.methods.labeler import (
     LabelerConfig,
     RaggedFeatures,
@@ -243,15 +243,16 @@ def count_warnings(check: dict) -> list[str]:
 
 def pile_features(
     model: torch.nn.Module, split: ImageSplit, tasks: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
-    device: torch.device,
+    device: torch.device, extract: Extract = extract_features,
 ) -> np.ndarray:
-    """(T, n_ways, per_class, d) features of the pile's images, without augmentation.
+    """(T, n_ways, per_class, d) features of the pile's images (``extract``: without augmentation by default;
+    :mod:`mela.methods.label_views` passes learn_labeler's views).
 
     Only the images the pile uses go through the model, each once.
     """
     rows = split.item_images()[tasks]
     used, inverse = np.unique(rows, return_inverse=True)
-    features = extract_features(model, split.images[used], mean, std, device).numpy()
+    features = extract(model, split.images[used], mean, std, device).numpy()
     return features[inverse.reshape(rows.shape)]
 
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mela import distributed
 from mela.data.augment import AugmentSettings, rotate90
 from mela.data.base import ImageSplit
 from mela.data.tasks import TaskCollection
 from mela.device import pixel_tensor
 from mela.errors import MelaError
 from mela.methods.collection_labels import collection_image_features
+from mela.methods.evaluator import Extract, extract_features, map_batches
 from mela.methods.global_labels import pile_features
 
 
@@ -52,40 +52,35 @@ def view_features(model: torch.nn.Module, images: np.ndarray, mean: tuple[float,
     if views.rotations and images.shape[1] != images.shape[2]:
         raise MelaError(f"rotate_aug needs square images, got {images.shape[1]}x{images.shape[2]}; resize them "
                         "(image_size=...) or set rotate_aug=false")
+    augmenter = views.augment.build(mean, std)
+    turns = range(4) if views.rotations else range(1)
+
+    def batch_features(start: int, batch: np.ndarray) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([views.seed, start]).generate_state(1)[0]))
+        x = augmenter(pixel_tensor(batch).to(device), generator)
+        return torch.stack([model(rotate90(x, k)).float() for k in turns]).mean(0)
+
     was_training = model.training
     model.eval()
-    augmenter = views.augment.build(mean, std)
-    starts = list(range(0, len(images), batch_size))
-    out = []
-    for start in distributed.shard(starts):  # as extract_features: each rank its batches, gathered in order
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([views.seed, start]).generate_state(1)[0]))
-        x = augmenter(pixel_tensor(images[start:start + batch_size]).to(device), generator)
-        turns = range(4) if views.rotations else range(1)
-        out.append(torch.stack([model(rotate90(x, k)).float() for k in turns]).mean(0).cpu())
+    out = map_batches(images, batch_size, batch_features)  # as extract_features: each rank its batches, in order
     model.train(was_training)
-    if distributed.is_distributed():
-        out = distributed.unshard(distributed.all_gather_object(out), len(starts))
-    return torch.cat(out) if out else torch.zeros(0)
+    return out
+
+
+def extractor(views: LabellingViews) -> Extract:
+    """What computes the labelling features: the plain images' (``extract_features``), or ``views``'."""
+    if views.plain:
+        return extract_features
+    return lambda model, images, mean, std, device: view_features(model, images, mean, std, device, views)
 
 
 def pile_view_features(model: torch.nn.Module, split: ImageSplit, tasks: np.ndarray, mean: tuple[float, ...],
                        std: tuple[float, ...], device: torch.device, views: LabellingViews) -> np.ndarray:
     """(T, n_ways, per_class, d): :func:`mela.methods.global_labels.pile_features` through ``views``."""
-    if views.plain:
-        return pile_features(model, split, tasks, mean, std, device)
-    rows = split.item_images()[tasks]
-    used, inverse = np.unique(rows, return_inverse=True)
-    features = view_features(model, split.images[used], mean, std, device, views).numpy()
-    return features[inverse.reshape(rows.shape)]
+    return pile_features(model, split, tasks, mean, std, device, extractor(views))
 
 
 def collection_view_features(model: torch.nn.Module, collection: TaskCollection, mean: tuple[float, ...],
                              std: tuple[float, ...], device: torch.device, views: LabellingViews) -> np.ndarray:
     """(N, d): :func:`mela.methods.collection_labels.collection_image_features` through ``views``."""
-    if views.plain:
-        return collection_image_features(model, collection, mean, std, device)
-    used = np.unique(collection.item_image)
-    computed = view_features(model, collection.images[used], mean, std, device, views).numpy()
-    features = np.zeros((len(collection.images), computed.shape[1]), dtype=computed.dtype)
-    features[used] = computed
-    return features
+    return collection_image_features(model, collection, mean, std, device, extractor(views))
