@@ -67,10 +67,15 @@ def bf16_supported(device: torch.device) -> bool:
 CPU_BF16_ENV = "MELA_CPU_BF16"
 
 
+def cpu_bf16_switched_off() -> bool:
+    """``MELA_CPU_BF16=0`` (or false, no, off) in the environment: ``auto`` keeps fp32 on every CPU."""
+    return os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("0", "false", "no", "off")
+
+
 def native_cpu_bf16() -> str | None:
     """The CPU's native bfloat16 instructions (``"AMX"``, ``"AVX512-BF16"``), or None: then bf16 is emulated, slower
     than fp32. ``MELA_CPU_BF16=0`` in the environment answers None on any CPU."""
-    if os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+    if cpu_bf16_switched_off():
         return None
     probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
     for name, probe in probes:
@@ -93,7 +98,7 @@ def auto_precision(device: torch.device) -> tuple[str, str]:
         native = native_cpu_bf16()
         if native:
             return "bf16", f"auto: this CPU has native bfloat16 ({native})"
-        if os.environ.get(CPU_BF16_ENV) is not None:
+        if cpu_bf16_switched_off():
             return "fp32", f"auto: {CPU_BF16_ENV}={os.environ[CPU_BF16_ENV]}"
         return "fp32", "auto: this CPU has no native bfloat16 (AVX512-BF16 or AMX), where bf16 runs slower"
     return "fp32", f"auto: no bfloat16 autocast on {device.type}"
