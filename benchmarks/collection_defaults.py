@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from mela.api import (
-    _infer_from_features,
     create_model,
     label_pile,
     load_dataset,
@@ -37,6 +36,7 @@ from mela.data.base import ImageSplit
 from mela.data.task_maker import MakeSettings, make_tasks
 from mela.engine.precision import ComputeSettings
 from mela.methods.collection_labels import collection_image_features, ragged_features
+from mela.methods.global_labels import infer_global_labels
 from mela.methods.labeler import LabelerConfig
 
 RESULTS = Path(__file__).parent / "results"
@@ -154,7 +154,7 @@ def main() -> None:
                "true_classes": int(len(np.unique(truth))), "train_s": round(time.perf_counter() - t0, 1),
                "precision": ComputeSettings().resolve("cpu", "convnet4").describe(), "settings": {}}
         for label, config in CANDIDATES.items():
-            result = _infer_from_features(features, config, None, torch.device("cpu"))
+            result = infer_global_labels(features, config, None, torch.device("cpu"))
             row["settings"][label] = score(result, truth)
             print(name, label, row["settings"][label], flush=True)
         rows.append(row)
